@@ -1,0 +1,51 @@
+# Two commands do all the set-up: `make lab` and `make test`. Both create .venv when it is
+# missing and reuse it otherwise (re-installing only when pyproject.toml or constraints.txt change).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.labkit-installed
+PROFILE ?= $(LABKIT_PROFILE)
+
+# Offline by design: a stray hub call must fail at once, not after a long time-out.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+export TF_CPP_MIN_LOG_LEVEL=3
+export TF_ENABLE_ONEDNN_OPTS=0
+export MPLBACKEND=Agg
+
+.PHONY: lab test unit notebooks venv build data clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
+	# tensorflow-privacy 0.9.0 declares pins (numpy~=1.21, dm-tree==0.1.8, tensorflow-probability~=0.22, ...)
+	# that cannot resolve beside TF 2.21; the parts the labs use work with the versions above.
+	$(BIN)/python -m pip install --quiet --no-deps tensorflow-privacy==0.9.0 tf-keras==2.21.0
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (labkit)" >/dev/null
+	@touch $(STAMP)
+
+data: $(STAMP)
+	$(BIN)/labkit data verify
+
+build: $(STAMP)
+	$(BIN)/labkit build
+
+lab: $(STAMP) data build
+	$(BIN)/jupyter lab --notebook-dir=labs --allow-root --ServerApp.open_browser=False
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
+
+clean-venv:
+	rm -rf $(VENV)

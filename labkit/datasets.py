@@ -1,0 +1,332 @@
+"""Datasets: find a file, verify its sha256 against data/MANIFEST.toml, load it without pickle.
+
+Search order for every file: `$LABKIT_DATA`, the kit's `data/` folder, the user cache
+(`$LABKIT_CACHE` or the platform cache folder). A file missing everywhere is downloaded from its
+canonical release with pooch (progress bar, checksum) when the network is up, unless
+`LABKIT_OFFLINE` is set; otherwise the error names the file, where it looked, and the command
+that fetches it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+KIT_DATA = Path(__file__).resolve().parent.parent / "data"
+MANIFEST_NAME = "MANIFEST.toml"
+
+
+class DatasetError(Exception):
+    """Base class for every data problem the kit reports."""
+
+
+class UnknownDataset(DatasetError, KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class DatasetUnavailable(DatasetError, FileNotFoundError):
+    """The file is nowhere on disk and could not be fetched."""
+
+
+class DatasetCorrupted(DatasetError, ValueError):
+    """The file exists but its bytes do not match the manifest."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    dataset: str
+    path: str  # relative to a data folder
+    sha256: str
+    url: str | None = None
+    url_sha256: str | None = None
+
+    def accepted_hashes(self) -> set[str]:
+        return {h for h in (self.sha256, self.url_sha256) if h}
+
+
+def manifest_path() -> Path:
+    for folder in (os.environ.get("LABKIT_DATA"), KIT_DATA):
+        if folder and (Path(folder) / MANIFEST_NAME).is_file():
+            return Path(folder) / MANIFEST_NAME
+    raise DatasetUnavailable(
+        f"No {MANIFEST_NAME} found in $LABKIT_DATA or {KIT_DATA}: run labkit from a checkout of the kit "
+        "(`pip install -e .`) or point LABKIT_DATA at a folder holding the kit's data/."
+    )
+
+
+@lru_cache(maxsize=None)
+def _manifest_cached(path: str, mtime: float) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def manifest() -> dict:
+    path = manifest_path()
+    return _manifest_cached(str(path), path.stat().st_mtime)
+
+
+def names() -> list[str]:
+    return list(manifest())
+
+
+def info(name: str) -> dict:
+    entries = manifest()
+    if name not in entries:
+        raise UnknownDataset(f"Unknown dataset {name!r}. Known datasets: {', '.join(entries)}.")
+    return entries[name]
+
+
+def files(name: str) -> list[DataFile]:
+    return [DataFile(dataset=name, **spec) for spec in info(name)["files"]]
+
+
+def cache_dir() -> Path:
+    if os.environ.get("LABKIT_CACHE"):
+        return Path(os.environ["LABKIT_CACHE"])
+    import pooch
+
+    return Path(pooch.os_cache("labkit"))
+
+
+def search_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("LABKIT_DATA"):
+        dirs.append(Path(os.environ["LABKIT_DATA"]))
+    dirs += [KIT_DATA, cache_dir()]
+    return dirs
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _restore_hint(entry: DataFile, where: Path) -> str:
+    if where.is_relative_to(KIT_DATA):
+        hint = f"restore it with `git checkout -- data/{entry.path}`"
+        if entry.url:
+            hint += f" or delete it and run `labkit data fetch {entry.dataset}`"
+        return hint
+    if entry.url:
+        return f"delete it and run `labkit data fetch {entry.dataset}`"
+    return f"replace it with the kit's copy of data/{entry.path}"
+
+
+def verify(path: Path, entry: DataFile) -> Path:
+    actual = sha256_of(path)
+    if actual not in entry.accepted_hashes():
+        raise DatasetCorrupted(
+            f"{path} does not match its sha256 in {MANIFEST_NAME} (expected {entry.sha256[:12]}..., "
+            f"got {actual[:12]}...; {path.stat().st_size} bytes): the file is corrupted or truncated. "
+            f"To fix it, {_restore_hint(entry, path)}."
+        )
+    return path
+
+
+def _offline() -> bool:
+    return os.environ.get("LABKIT_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def download(entry: DataFile, progressbar: bool = True) -> Path:
+    """Fetch the canonical release of one file into the user cache and verify it (pooch)."""
+    import pooch
+    import requests
+
+    if not entry.url:
+        raise DatasetUnavailable(
+            f"{entry.path} ({entry.dataset}) has no download source: it ships with the kit. "
+            f"Restore it with `git checkout -- data/{entry.path}`."
+        )
+    target = cache_dir() / entry.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fetched = pooch.retrieve(
+            entry.url,
+            known_hash=f"sha256:{entry.url_sha256}",
+            fname=target.name,
+            path=target.parent,
+            downloader=pooch.HTTPDownloader(progressbar=progressbar, timeout=60),
+        )
+    except requests.exceptions.RequestException as err:
+        raise DatasetUnavailable(
+            f"Could not download {entry.path} for {entry.dataset!r} from {entry.url} ({type(err).__name__}). "
+            f"Check the network and run `labkit data fetch {entry.dataset}` again, "
+            f"or copy the file into {search_dirs()[0]}."
+        ) from err
+    except ValueError as err:  # pooch: hash mismatch; it has already deleted the bad download
+        raise DatasetCorrupted(
+            f"The download of {entry.path} from {entry.url} does not match its sha256 in {MANIFEST_NAME} "
+            f"and was discarded ({err}). The release may have changed; report it, or copy a verified file "
+            f"into {search_dirs()[0]}."
+        ) from err
+    return Path(fetched)
+
+
+def locate(entry: DataFile, fetch: bool | None = None) -> Path:
+    """The verified path of one file; fetches it when missing (unless offline)."""
+    for folder in search_dirs():
+        candidate = folder / entry.path
+        if candidate.is_file():
+            return verify(candidate, entry)
+    fetch = (not _offline()) if fetch is None else fetch
+    looked = ", ".join(str(d) for d in search_dirs())
+    if fetch and entry.url:
+        try:
+            return download(entry)
+        except DatasetUnavailable as err:
+            raise DatasetUnavailable(
+                f"{entry.path} ({entry.dataset}) is missing: looked in {looked}; the download failed too. "
+                f"Run `labkit data fetch {entry.dataset}` when online, or copy the file into one of those folders."
+            ) from err
+    how = (f"run `labkit data fetch {entry.dataset}` (needs the network)" if entry.url
+           else f"restore it with `git checkout -- data/{entry.path}`" if info(entry.dataset).get("shipped")
+           else "copy the file into $LABKIT_DATA")
+    raise DatasetUnavailable(f"{entry.path} ({entry.dataset}) is missing: looked in {looked}. To get it, {how}.")
+
+
+def fetch(name: str) -> list[Path]:
+    """Make every file of a dataset present and verified (downloading what is missing)."""
+    return [locate(entry, fetch=True) for entry in files(name)]
+
+
+def status(name: str) -> list[tuple[str, str, str]]:
+    """(file, state, detail) for each file of a dataset, never raising: for `labkit doctor`."""
+    rows = []
+    for entry in files(name):
+        try:
+            path = locate(entry, fetch=False)
+            rows.append((entry.path, "ok", str(path)))
+        except DatasetCorrupted as err:
+            rows.append((entry.path, "CORRUPTED", str(err)))
+        except DatasetUnavailable as err:
+            rows.append((entry.path, "missing", str(err)))
+    return rows
+
+
+# ---- loaders: plain arrays and text, never pickle -------------------------------------------
+
+SPLITS = ("train", "test")
+
+
+def _check_split(name: str, split: str, allowed) -> None:
+    if split not in allowed:
+        raise ValueError(f"Dataset {name!r} has no split {split!r}; use one of {', '.join(allowed)}.")
+
+
+def _npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+def _load_mnist(split: str):
+    _check_split("mnist", split, SPLITS)
+    arrays = _npz(locate(files("mnist")[0]))
+    return arrays[f"x_{split}"], arrays[f"y_{split}"].astype(np.int64)
+
+
+def _load_pneumoniamnist(split: str):
+    _check_split("pneumoniamnist", split, ("train", "val", "test"))
+    arrays = _npz(locate(files("pneumoniamnist")[0]))
+    return arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
+
+
+def _text_split(name: str, texts: list[str], labels: np.ndarray, split: str, seed: int = 0):
+    """A fixed, stratified 80/20 train/test split so every lab scores on the same held-out text."""
+    _check_split(name, split, SPLITS + ("all",))
+    if split == "all":
+        return texts, labels
+    from sklearn.model_selection import train_test_split
+
+    idx_train, idx_test = train_test_split(
+        np.arange(len(texts)), test_size=0.2, random_state=seed, stratify=labels)
+    idx = idx_train if split == "train" else idx_test
+    return [texts[i] for i in idx], labels[idx]
+
+
+def _load_sms_spam(split: str):
+    path = locate(files("sms_spam")[0])
+    texts, labels = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        # QUOTE_NONE: messages contain unbalanced quote characters.
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            labels.append(1 if row[0] == "spam" else 0)
+            texts.append(row[1])
+    return _text_split("sms_spam", texts, np.array(labels, dtype=np.int64), split)
+
+
+def _load_rt_polarity(split: str):
+    pos, neg = (locate(e) for e in files("rt_polarity"))
+    positive = pos.read_text(encoding="utf-8").splitlines()
+    negative = neg.read_text(encoding="utf-8").splitlines()
+    texts = positive + negative
+    labels = np.array([1] * len(positive) + [0] * len(negative), dtype=np.int64)
+    return _text_split("rt_polarity", texts, labels, split)
+
+
+def _load_table(name: str, target: str, positive: str | int, split: str):
+    import pandas as pd
+
+    frame = pd.read_csv(locate(files(name)[0]))
+    labels = (frame.pop(target) == positive).astype(np.int64).to_numpy()
+    frame = frame.drop(columns=[c for c in ("ID",) if c in frame.columns])
+    _check_split(name, split, SPLITS + ("all",))
+    if split == "all":
+        return frame, labels
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(
+        frame, labels, test_size=0.2, random_state=0, stratify=labels)
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def _load_cifar10(split: str):
+    import zipfile
+
+    from PIL import Image
+
+    _check_split("cifar10", split, SPLITS)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    images, labels = [], []
+    with zipfile.ZipFile(locate(files("cifar10")[0])) as archive:
+        for member in sorted(archive.namelist()):
+            parts = member.split("/")
+            if len(parts) < 3 or parts[-3] != split or not member.endswith(".jpg"):
+                continue
+            with archive.open(member) as f:
+                images.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
+            labels.append(classes.index(parts[-2]))
+    return np.stack(images), np.array(labels, dtype=np.int64)
+
+
+LOADERS = {
+    "mnist": _load_mnist,
+    "pneumoniamnist": _load_pneumoniamnist,
+    "sms_spam": _load_sms_spam,
+    "rt_polarity": _load_rt_polarity,
+    "german_credit": lambda split: _load_table("german_credit", "creditability", "bad", split),
+    "taiwan_credit": lambda split: _load_table("taiwan_credit", "class", 1, split),
+    "cifar10": _load_cifar10,
+}
+
+
+def load(name: str, split: str = "train"):
+    """Load a verified dataset split.
+
+    Images (mnist, pneumoniamnist, cifar10): (x uint8 array, y int64 array).
+    Text (sms_spam: 1 = spam; rt_polarity: 1 = positive): (list of str, int64 array).
+    Tables (german_credit: 1 = bad risk; taiwan_credit: 1 = default): (pandas DataFrame, int64 array).
+    Text and tables also accept split="all"; their train/test split is a fixed stratified 80/20.
+    """
+    info(name)  # unknown names fail here, with the list of known ones
+    return LOADERS[name](split)

@@ -1,0 +1,238 @@
+"""The notebook toolchain: build learner labs from solutions, check they are current, run and grade.
+
+A solution notebook marks what the learner writes with `# BEGIN SOLUTION` / `# END SOLUTION`
+lines (text after BEGIN SOLUTION becomes the TODO hint). `build` replaces each block with a TODO
+comment and `raise NotImplementedError`, drops cells tagged `solution-only`, strips outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from .targets import repo_root
+
+BEGIN = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION(?::?\s*(?P<hint>.*))?$")
+END = re.compile(r"^\s*# END SOLUTION\s*$")
+SOLUTION_ONLY = "solution-only"
+TODO_MARKER = "raise NotImplementedError"
+DEFAULT_HINT = "your code here"
+
+
+class NotebookBuildError(ValueError):
+    """A solution notebook's markers do not pair up."""
+
+
+def _root() -> Path:
+    return repo_root() or Path.cwd()
+
+
+def solutions_dir() -> Path:
+    return _root() / "solutions"
+
+
+def labs_dir() -> Path:
+    return _root() / "labs"
+
+
+def strip_solution(source: str, where: str) -> str:
+    """Replace every BEGIN/END SOLUTION block of one cell's source with a TODO stub."""
+    out, inside, begin_line = [], False, 0
+    for number, line in enumerate(source.splitlines(), start=1):
+        begin, end = BEGIN.match(line), END.match(line)
+        if begin:
+            if inside:
+                raise NotebookBuildError(
+                    f"{where}: line {number} opens '# BEGIN SOLUTION' while the block opened on line "
+                    f"{begin_line} is still open; add '# END SOLUTION' before it.")
+            inside, begin_line = True, number
+            indent, hint = begin.group("indent"), (begin.group("hint") or "").strip() or DEFAULT_HINT
+            out.append(f"{indent}# TODO: {hint}")
+            out.append(f'{indent}{TODO_MARKER}("TODO: {hint}")')
+        elif end:
+            if not inside:
+                raise NotebookBuildError(
+                    f"{where}: line {number} has '# END SOLUTION' with no '# BEGIN SOLUTION' before it.")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise NotebookBuildError(
+            f"{where}: '# BEGIN SOLUTION' on line {begin_line} is never closed; add '# END SOLUTION'.")
+    return "\n".join(out)
+
+
+def clean(nb) -> None:
+    """Remove outputs, execution counts and run-specific metadata, in place."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        for key in ("execution", "collapsed", "scrolled"):
+            cell.metadata.pop(key, None)
+    for key in ("widgets", "papermill"):
+        nb.metadata.pop(key, None)
+
+
+def learner_version(nb, name: str):
+    """The learner's notebook made from a solution notebook (a new object)."""
+    lab = nbformat.from_dict(json.loads(json.dumps(nb)))
+    kept = []
+    for index, cell in enumerate(lab.cells):
+        if SOLUTION_ONLY in cell.metadata.get("tags", []):
+            continue
+        if cell.cell_type == "code":
+            cell.source = strip_solution(cell.source, f"{name}, cell {index + 1}")
+        elif "# BEGIN SOLUTION" in cell.source or "# END SOLUTION" in cell.source:
+            raise NotebookBuildError(
+                f"{name}, cell {index + 1}: solution markers belong in code cells; this is a {cell.cell_type} cell.")
+        kept.append(cell)
+    lab.cells = kept
+    clean(lab)
+    return lab
+
+
+def _serialise(nb) -> str:
+    return nbformat.writes(nb, version=4) + "\n"
+
+
+def planned_labs(solutions: Path | None = None) -> dict[str, str]:
+    """{lab file name: the text `build` would write} for every solution notebook."""
+    solutions = solutions or solutions_dir()
+    planned = {}
+    for path in sorted(solutions.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        planned[path.name] = _serialise(learner_version(nb, f"{solutions.name}/{path.name}"))
+    return planned
+
+
+def build(solutions: Path | None = None, labs: Path | None = None, check: bool = False) -> list[str]:
+    """Write labs/ from solutions/. With check=True write nothing and return the stale labs."""
+    labs = labs or labs_dir()
+    planned = planned_labs(solutions)
+    stale = []
+    for name, text in planned.items():
+        target = labs / name
+        if not target.is_file() or target.read_text() != text:
+            stale.append(f"labs/{name} ({'missing' if not target.is_file() else 'differs from its solution'})")
+            if not check:
+                labs.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+    for orphan in sorted(set(p.name for p in labs.glob("*.ipynb")) - set(planned)):
+        stale.append(f"labs/{orphan} (has no solution notebook)")
+        if not check:
+            (labs / orphan).unlink()
+    return stale
+
+
+def notebooks_with_outputs(folders: list[Path]) -> list[str]:
+    """Committed notebooks must carry no outputs and no execution counts."""
+    found = []
+    for folder in folders:
+        for path in sorted(folder.glob("*.ipynb")):
+            nb = nbformat.read(path, as_version=4)
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
+                    found.append(f"{folder.name}/{path.name}, cell {index + 1}")
+                    break
+    return found
+
+
+# ---- running and grading ----------------------------------------------------------------------
+
+@dataclass
+class Grade:
+    notebook: str
+    todos: list[str] = field(default_factory=list)
+    exercises: dict[str, str] = field(default_factory=dict)  # name -> "passed" or the feedback
+    errors: list[str] = field(default_factory=list)
+    report: dict | None = None
+    wall_time_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (not self.todos and not self.errors and self.report is not None and self.report.get("passed", False)
+                and all(v == "passed" for v in self.exercises.values()))
+
+
+def find_todos(nb) -> list[str]:
+    todos = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or TODO_MARKER not in cell.source:
+            continue
+        hints = re.findall(r"# TODO: (.*)", cell.source) or ["unfinished code"]
+        for hint in hints:
+            todos.append(f"cell {index + 1}: {hint}")
+    return todos
+
+
+def execute(path: Path, profile: str | None = None, timeout: int = 1800, allow_errors: bool = False,
+            results_dir: Path | None = None):
+    """Execute a notebook in its own folder with nbclient; returns the executed notebook."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    saved = {k: os.environ.get(k) for k in ("LABKIT_PROFILE", "LABKIT_RESULTS", "MPLBACKEND")}
+    if profile:
+        os.environ["LABKIT_PROFILE"] = profile
+    if results_dir:
+        os.environ["LABKIT_RESULTS"] = str(results_dir)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                                resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return nb
+
+
+def _errors(nb) -> list[tuple[int, dict, str]]:
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                found.append((index, output, cell.source))
+    return found
+
+
+def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 1800) -> Grade:
+    """Grade a learner's notebook: TODOs left, each `check.*` exercise, and the lab's targets."""
+    nb = nbformat.read(path, as_version=4)
+    result = Grade(notebook=str(path), todos=find_todos(nb))
+    if result.todos:
+        return result  # running would only stop at the first TODO
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        executed = execute(path, profile=profile, timeout=timeout, allow_errors=True, results_dir=Path(tmp))
+        report_file = Path(tmp) / f"{lab_id}.json"
+        if report_file.is_file():
+            result.report = json.loads(report_file.read_text())
+    result.wall_time_s = time.perf_counter() - start
+    failed_cells = {}
+    for index, output, _ in _errors(executed):
+        failed_cells[index] = output
+    for index, cell in enumerate(executed.cells):
+        if cell.cell_type != "code":
+            continue
+        for exercise in re.findall(r"check\.(\w+)\(", cell.source):
+            if index in failed_cells:
+                out = failed_cells[index]
+                result.exercises[exercise] = f"{out['ename']}: {out['evalue']}"
+            else:
+                result.exercises[exercise] = "passed"
+    for index, output in failed_cells.items():
+        if output["ename"] in ("ExerciseFailed", "TargetMissed"):
+            continue
+        result.errors.append(f"cell {index + 1}: {output['ename']}: {output['evalue']}")
+    return result

@@ -1,0 +1,160 @@
+"""Lab catalogue and target metrics (`targets.toml`), and the report every lab ends with."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from . import env
+
+DEFAULT_TARGETS_FILE = Path(__file__).with_name("targets.toml")
+
+
+def targets_file() -> Path:
+    """targets.toml, or the file in `LABKIT_TARGETS` (an instructor's own targets, or a test's)."""
+    return Path(os.environ.get("LABKIT_TARGETS") or DEFAULT_TARGETS_FILE)
+# Set when labkit is imported: a lab's wall time runs from its first cell.
+_STARTED = time.perf_counter()
+
+
+class TargetMissed(AssertionError):
+    """A lab finished but at least one metric missed its target (so nbval marks it failed)."""
+
+
+class UnknownLab(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    description: str = ""
+
+    def passes(self, value: float) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if self.min is not None and value < self.min:
+            return False
+        if self.max is not None and value > self.max:
+            return False
+        return True
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g} to {self.max:g}"
+        if self.min is not None:
+            return f">= {self.min:g}"
+        return f"<= {self.max:g}"
+
+
+def catalogue() -> dict:
+    """Every lab's entry from targets.toml, keyed by lab id, in catalogue order."""
+    with targets_file().open("rb") as f:
+        return tomllib.load(f)["labs"]
+
+
+def lab(lab_id: str) -> dict:
+    labs = catalogue()
+    if lab_id not in labs:
+        raise UnknownLab(
+            f"Unknown lab {lab_id!r}. Known labs: {', '.join(labs)} (run `labkit list`)."
+        )
+    return labs[lab_id]
+
+
+def targets(lab_id: str, profile: str | None = None) -> list[Target]:
+    profile = profile or env.profile()
+    entry = lab(lab_id)
+    table = entry.get("targets", {}).get(profile)
+    if table is None:
+        raise UnknownLab(f"Lab {lab_id!r} has no targets for profile {profile!r} in {targets_file()}.")
+    return [Target(metric=name, **spec) for name, spec in table.items()]
+
+
+def repo_root() -> Path | None:
+    """The checkout labkit was installed from (editable install), if there is one."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "solutions").is_dir() else None
+
+
+def results_dir() -> Path:
+    if os.environ.get("LABKIT_RESULTS"):
+        return Path(os.environ["LABKIT_RESULTS"])
+    root = repo_root()
+    return (root if root else Path.cwd()) / "results"
+
+
+def _versions() -> dict:
+    names = ["labkit", "numpy", "torch", "tensorflow-cpu", "tensorflow", "opacus", "cleverhans",
+             "adversarial-robustness-toolbox", "tensorflow-privacy", "scikit-learn"]
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def report(lab_id: str, metrics: dict, profile: str | None = None, notes: dict | None = None) -> dict:
+    """Print metric / target / achieved / pass, save results/<lab_id>.json, raise TargetMissed
+    naming every metric that missed its target (also one the lab forgot to measure)."""
+    profile = profile or env.profile()
+    wall_time = time.perf_counter() - _STARTED
+    rows, missed = [], []
+    for target in targets(lab_id, profile):
+        value = metrics.get(target.metric)
+        ok = value is not None and target.passes(float(value))
+        rows.append((target.metric, target.describe(), "missing" if value is None else _format_value(value), "PASS" if ok else "MISS"))
+        if not ok:
+            missed.append(f"{target.metric} = {'not reported' if value is None else _format_value(value)} (target {target.describe()})")
+    targeted = {t.metric for t in targets(lab_id, profile)}
+    for name, value in metrics.items():
+        if name not in targeted:
+            rows.append((name, "-", _format_value(value), ""))
+
+    widths = [max(len(str(r[i])) for r in rows + [("metric", "target", "achieved", "pass")]) for i in range(4)]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    print(f"Report: {lab_id} ({profile} profile, {env.device_name()}, {wall_time:.0f} s)")
+    print(line(("metric", "target", "achieved", "pass")))
+    print(line(tuple("-" * w for w in widths)))
+    for r in rows:
+        print(line(r))
+
+    result = {
+        "lab": lab_id,
+        "profile": profile,
+        "device": env.device_name(),
+        "wall_time_s": round(wall_time, 1),
+        "metrics": {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()},
+        "targets": {t.metric: t.describe() for t in targets(lab_id, profile)},
+        "passed": not missed,
+        "missed": missed,
+        "notes": notes or {},
+        "versions": _versions(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{lab_id}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if missed:
+        raise TargetMissed(f"{lab_id}: {len(missed)} target(s) missed in the {profile} profile: " + "; ".join(missed))
+    print(f"All {len(targeted)} targets met.")
+    return result

@@ -1,0 +1,36 @@
+"""The committed tree itself: labs generated from solutions, no outputs, every lab catalogued."""
+from pathlib import Path
+
+import nbformat
+
+from labkit import notebooks, targets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_labs_are_generated_from_the_current_solutions():
+    stale = notebooks.build(ROOT / "solutions", ROOT / "labs", check=True)
+    assert not stale, "labs/ is stale; run `labkit build`: " + ", ".join(stale)
+
+
+def test_committed_notebooks_carry_no_outputs():
+    found = notebooks.notebooks_with_outputs([ROOT / "solutions", ROOT / "labs"])
+    assert not found, "strip outputs (run `labkit build` for labs/): " + ", ".join(found)
+
+
+def test_every_solution_is_in_the_catalogue_and_ends_with_a_report():
+    catalogued = {entry["notebook"]: lab_id for lab_id, entry in targets.catalogue().items()}
+    solutions = sorted((ROOT / "solutions").glob("*.ipynb"))
+    assert solutions, "no solution notebooks"
+    assert set(catalogued) == {p.name for p in solutions}
+    for path in solutions:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell must be tagged parameters"
+        assert f'report("{catalogued[path.name]}"' in code[-1].source.replace("'", '"'), f"{path.name}: last code cell must call labkit.report"
+
+
+def test_learner_labs_keep_no_solution_code():
+    for path in sorted((ROOT / "labs").glob("*.ipynb")):
+        text = path.read_text()
+        assert "# BEGIN SOLUTION" not in text and "solution-only" not in text, path.name
