@@ -34,3 +34,34 @@ def test_learner_labs_keep_no_solution_code():
     for path in sorted((ROOT / "labs").glob("*.ipynb")):
         text = path.read_text()
         assert "# BEGIN SOLUTION" not in text and "solution-only" not in text, path.name
+
+
+def test_environment_yml_has_the_same_pins_as_pyproject():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = set(project["dependencies"])
+    for extra, requirements in project["optional-dependencies"].items():
+        if extra != "all":
+            pinned |= set(requirements)
+    lines = [line.strip() for line in (ROOT / "environment.yml").read_text().splitlines()]
+    conda_pins = {line[2:] for line in lines if line.startswith("- ") and "==" in line}
+    assert conda_pins == pinned, f"only in environment.yml: {conda_pins - pinned}; only in pyproject: {pinned - conda_pins}"
+    assert "- python=3.11" in lines
+
+
+def test_every_pin_agrees_with_the_constraints_file():
+    import re
+    import tomllib
+
+    constraints = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            constraints[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"]) + [r for k, v in project["optional-dependencies"].items() if k != "all" for r in v]
+    for requirement in requirements:
+        name, version = requirement.split("==")
+        name = re.sub(r"\[.*\]", "", name)
+        assert constraints.get(re.sub(r"[-_.]+", "-", name).lower()) == version, f"{requirement} disagrees with constraints.txt"
