@@ -12,7 +12,6 @@ export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TF_CPP_MIN_LOG_LEVEL=3
 export TF_ENABLE_ONEDNN_OPTS=0
-export MPLBACKEND=Agg
 
 .PHONY: lab test unit notebooks venv build data clean-venv
 
@@ -38,14 +37,14 @@ lab: $(STAMP) data build
 	$(BIN)/jupyter lab --notebook-dir=labs --allow-root --ServerApp.open_browser=False
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
 
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
-	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
 
 clean-venv:
 	rm -rf $(VENV)
