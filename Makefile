@@ -17,12 +17,14 @@ export TF_ENABLE_ONEDNN_OPTS=0
 
 venv: $(STAMP)
 
+# tensorflow-privacy 0.9.0 declares pins (numpy~=1.21, dm-tree==0.1.8, tensorflow-probability~=0.22, ...)
+# that cannot resolve beside TF 2.21, so it and tf-keras go in with --no-deps; the parts the labs
+# use are proven to work by tests/test_environment.py.
+
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
-	# tensorflow-privacy 0.9.0 declares pins (numpy~=1.21, dm-tree==0.1.8, tensorflow-probability~=0.22, ...)
-	# that cannot resolve beside TF 2.21; the parts the labs use work with the versions above.
 	$(BIN)/python -m pip install --quiet --no-deps tensorflow-privacy==0.9.0 tf-keras==2.21.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (labkit)" >/dev/null
 	@touch $(STAMP)
