@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -187,7 +188,9 @@ def execute(path: Path, profile: str | None = None, timeout: int = 1800, allow_e
     try:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
                                 resources={"metadata": {"path": str(path.parent)}})
-        client.execute()
+        # The kernel's own start-up chatter (transport warnings) is not the learner's business;
+        # cell errors still arrive as error outputs.
+        client.execute(stderr=subprocess.DEVNULL)
     finally:
         for key, value in saved.items():
             if value is None:
