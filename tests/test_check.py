@@ -71,6 +71,11 @@ def fgsm_raw_gradient(model, x, y, eps):
     return (x + eps * g / g.abs().max()).clamp(0, 1)
 
 
+def fgsm_raw_gradient_unscaled(model, x, y, eps):
+    x, g = _grad(model, x, y)
+    return (x + eps * g).clamp(0, 1)
+
+
 def fgsm_descent(model, x, y, eps):
     x, g = _grad(model, x, y)
     return (x - eps * g.sign()).clamp(0, 1)
@@ -142,6 +147,7 @@ def test_fgsm_accepts_correct_answers(fn, capsys):
     (fgsm_hard_coded, "larger than eps"),
     (fgsm_too_small, "hard-code"),
     (fgsm_raw_gradient, "instead of its sign"),
+    (fgsm_raw_gradient_unscaled, "instead of its sign"),
     (fgsm_descent, "you subtracted the gradient step"),
     (fgsm_train_mode, "train mode"),
     (fgsm_changes_weights, "changed the model's weights"),
@@ -209,6 +215,12 @@ def rs_fixed_seed(model, x, y, eps, alpha):
     return rs_good(model, x, y, eps, alpha)
 
 
+def rs_gradient_at_x(model, x, y, eps, alpha):
+    delta = torch.empty_like(x).uniform_(-eps, eps)
+    x, g = _grad(model, x, y)
+    return (x + (delta + alpha * g.sign()).clamp(-eps, eps)).clamp(0, 1)
+
+
 def rs_tiny_step(model, x, y, eps, alpha):
     return rs_good(model, x, y, eps, alpha / 4)
 
@@ -236,6 +248,7 @@ def test_fgsm_random_start_accepts_correct_answer(capsys):
     (rs_no_projection, "project delta back"),
     (rs_no_clip, "clip after the step"),
     (rs_fixed_seed, "draw the random start afresh"),
+    (rs_gradient_at_x, "not at the random start"),
     (rs_tiny_step, "raises the loss from"),
     (rs_attached, "attached to the autograd graph"),
 ])
