@@ -138,7 +138,10 @@ def cmd_check(args) -> int:
         print(f"No notebook at {path}.", file=sys.stderr)
         return 2
     lab_id = args.lab or path.stem
-    targets.lab(lab_id)
+    try:
+        targets.lab(lab_id)
+    except targets.UnknownLab as err:
+        raise targets.UnknownLab(f"{err} Name the lab with --lab when the notebook was renamed.") from None
     grade = notebooks.grade(path, lab_id, profile=args.profile, timeout=args.timeout)
     if grade.todos:
         print(f"{path.name} is not finished yet: {len(grade.todos)} TODO(s) left.")

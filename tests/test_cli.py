@@ -58,3 +58,10 @@ def test_check_lists_todos_of_an_unfinished_notebook(tmp_path, capsys):
 def test_check_on_a_missing_notebook(tmp_path, capsys):
     assert cli.main(["check", str(tmp_path / "nope.ipynb")]) == 2
     assert "No notebook at" in capsys.readouterr().err
+
+
+def test_check_on_a_renamed_notebook_suggests_the_lab_option(tmp_path, capsys):
+    path = tmp_path / "my_attempt.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), path)
+    assert cli.main(["check", str(path)]) == 2
+    assert "--lab" in capsys.readouterr().err

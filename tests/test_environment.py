@@ -77,6 +77,18 @@ def test_cleverhans_and_art_attack_a_torch_model():
     """)
 
 
+def test_seeding_covers_tensorflow():
+    out = _run("""
+        import tensorflow as tf
+        import labkit
+        labkit.seed_everything(3)
+        first = tf.random.uniform((3,)).numpy().tolist()
+        labkit.seed_everything(3)
+        print(first == tf.random.uniform((3,)).numpy().tolist())
+    """, TF_USE_LEGACY_KERAS="1")
+    assert out.strip() == "True"
+
+
 @pytest.mark.parametrize("module", ["fastapi", "uvicorn", "httpx", "flwr", "sklearn", "matplotlib", "pooch", "nbval"])
 def test_lab_libraries_import(module):
     _run(f"import {module}")
