@@ -22,6 +22,8 @@ venv: $(STAMP)
 # use are proven to work by tests/test_environment.py.
 
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || command -v $(PYTHON) >/dev/null || { \
+		echo "make: the kit needs Python 3.11 and '$(PYTHON)' is not on PATH; install it or run make PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
