@@ -46,9 +46,8 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
 
-test: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
+# The unit tests first: they are quick and name a broken piece before the notebooks run.
+test: unit notebooks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,25 +6,22 @@ import json
 import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 from . import datasets, env, notebooks, targets
-
-KEY_PACKAGES = ["torch", "numpy", "tensorflow-cpu", "tf-keras", "tensorflow-privacy", "opacus", "cleverhans",
-                "adversarial-robustness-toolbox", "scikit-learn", "textattack", "flwr", "fastapi", "uvicorn",
-                "jupyterlab", "nbval", "pooch"]
+from .tables import format_table
 
 
-def _print_table(rows: list[tuple], header: tuple) -> None:
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    for r in [header, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+def _is_problem(name: str, state: str, asked: bool) -> bool:
+    """A file that is not ok is a problem, except an optional dataset missing when nobody asked for it."""
+    optional = not datasets.info(name).get("shipped", True)
+    return state != "ok" and not (optional and state == "missing" and not asked)
 
 
 def cmd_doctor(args) -> int:
     problems = 0
-    print(f"labkit {metadata.version('labkit')} on Python {platform.python_version()} ({platform.system()} {platform.machine()})")
+    found = env.versions(include_missing=True)
+    print(f"labkit {found.pop('labkit')} on Python {found.pop('python')} ({platform.system()} {platform.machine()})")
     try:
         print(f"profile: {env.profile()}")
     except env.ProfileError as err:
@@ -32,23 +29,16 @@ def cmd_doctor(args) -> int:
         problems += 1
     print(f"device:  {env.device_name()}")
     print("\npackages:")
-    rows = []
-    for name in KEY_PACKAGES:
-        try:
-            rows.append((name, metadata.version(name)))
-        except metadata.PackageNotFoundError:
-            rows.append((name, "not installed"))
-    _print_table(rows, ("package", "version"))
+    print(format_table(("package", "version"), list(found.items())))
     print("\ndata (sha256 verified):")
     rows = []
     for name in datasets.names():
         for path, state, detail in datasets.status(name):
-            optional = not datasets.info(name).get("shipped", True)
-            if state != "ok" and not optional:
-                problems += 1
-            rows.append((name, path, state + (" (optional)" if optional and state != "ok" else ""),
-                         detail if state == "ok" else detail.split(". ")[-1]))
-    _print_table(rows, ("dataset", "file", "state", "where / fix"))
+            problem = _is_problem(name, state, asked=False)
+            problems += problem
+            shown = state if state == "ok" or problem else f"{state} (optional)"
+            rows.append((name, path, shown, detail if state == "ok" else detail.split(". ")[-1]))
+    print(format_table(("dataset", "file", "state", "where / fix"), rows))
     if notebooks.solutions_dir().is_dir():
         stale = notebooks.build(check=True)
         print(f"\nlabs/: {'up to date' if not stale else 'STALE: ' + ', '.join(stale) + ' (run `labkit build`)'}")
@@ -63,7 +53,7 @@ def cmd_list(args) -> int:
         minutes = entry.get("minutes", {})
         rows.append((lab_id, entry["level"], entry["title"], entry.get("topic", ""),
                      f"{minutes.get('quick', '?')} min", f"{minutes.get('full', '?')} min"))
-    _print_table(rows, ("lab", "level", "title", "topic", "quick (CPU)", "full (GPU)"))
+    print(format_table(("lab", "level", "title", "topic", "quick (CPU)", "full (GPU)"), rows))
     return 0
 
 
@@ -82,9 +72,8 @@ def cmd_data(args) -> int:
                 failures += 1
         else:
             for path, state, detail in datasets.status(name):
-                optional = not datasets.info(name).get("shipped", True)
                 print(f"{state:<9}{name}: {detail}")
-                failures += state != "ok" and not (optional and state == "missing" and not args.names)
+                failures += _is_problem(name, state, asked=bool(args.names))
     return 1 if failures else 0
 
 
@@ -109,21 +98,17 @@ def cmd_run(args) -> int:
     path = _solution_path(args.lab)
     profile = args.profile or env.profile()
     print(f"Running {path} in the {profile} profile ...", flush=True)
+    report_file = targets.results_dir() / f"{args.lab}.json"
+    report_file.unlink(missing_ok=True)  # so that a report shown below is this run's
     start = time.perf_counter()
-    results = targets.results_dir()
     try:
-        executed = notebooks.execute(path, profile=profile, timeout=args.timeout)
+        notebooks.execute(path, profile=profile, timeout=args.timeout)
         failed = None
     except Exception as err:  # nbclient raises CellExecutionError carrying the cell's traceback
-        executed, failed = None, err
+        failed = err
     wall = time.perf_counter() - start
-    report_file = results / f"{args.lab}.json"
-    if report_file.is_file() and report_file.stat().st_mtime >= time.time() - wall - 1:
-        report = json.loads(report_file.read_text())
-        rows = [(m, report["targets"].get(m, "-"), f"{v:.4f}" if isinstance(v, float) else v,
-                 "" if m not in report["targets"] else ("MISS" if any(s.startswith(m + " ") for s in report["missed"]) else "PASS"))
-                for m, v in report["metrics"].items()]
-        _print_table(rows, ("metric", "target", "achieved", "pass"))
+    if report_file.is_file():
+        print(targets.format_result(json.loads(report_file.read_text())))
         print(f"results: {report_file}")
     print(f"wall time: {wall:.0f} s")
     if failed is not None:
@@ -157,8 +142,8 @@ def cmd_check(args) -> int:
     if grade.report:
         for metric, spec in grade.report["targets"].items():
             value = grade.report["metrics"].get(metric)
-            missed = any(s.startswith(metric + " ") for s in grade.report["missed"])
-            print(f"  target {metric} {spec}: {value if value is None else round(value, 4)} {'MISSED' if missed else 'met'}")
+            met = grade.report["passes"][metric]
+            print(f"  target {metric} {spec}: {value if value is None else round(value, 4)} {'met' if met else 'MISSED'}")
     else:
         print("  the report cell did not run, so no target could be graded")
     print("PASSED" if grade.passed else "NOT PASSED YET")

@@ -224,33 +224,37 @@ def _check_split(name: str, split: str, allowed) -> None:
         raise ValueError(f"Dataset {name!r} has no split {split!r}; use one of {', '.join(allowed)}.")
 
 
-def _npz(path: Path) -> dict:
+def _npz(path: Path, *keys: str) -> list[np.ndarray]:
+    """The named arrays of an .npz file (only those are read); object arrays are refused."""
     with np.load(path, allow_pickle=False) as arrays:
-        return {k: arrays[k] for k in arrays.files}
+        return [arrays[k] for k in keys]
 
 
 def _load_mnist(split: str):
     _check_split("mnist", split, SPLITS)
-    arrays = _npz(locate(files("mnist")[0]))
-    return arrays[f"x_{split}"], arrays[f"y_{split}"].astype(np.int64)
+    x, y = _npz(locate(files("mnist")[0]), f"x_{split}", f"y_{split}")
+    return x, y.astype(np.int64)
 
 
 def _load_pneumoniamnist(split: str):
     _check_split("pneumoniamnist", split, ("train", "val", "test"))
-    arrays = _npz(locate(files("pneumoniamnist")[0]))
-    return arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
+    x, y = _npz(locate(files("pneumoniamnist")[0]), f"{split}_images", f"{split}_labels")
+    return x, y.reshape(-1).astype(np.int64)
 
 
-def _text_split(name: str, texts: list[str], labels: np.ndarray, split: str, seed: int = 0):
-    """A fixed, stratified 80/20 train/test split so every lab scores on the same held-out text."""
+def _split_indices(name: str, labels: np.ndarray, split: str) -> np.ndarray:
+    """A fixed, stratified 80/20 train/test split, so every lab scores on the same held-out rows."""
     _check_split(name, split, SPLITS + ("all",))
     if split == "all":
-        return texts, labels
+        return np.arange(len(labels))
     from sklearn.model_selection import train_test_split
 
-    idx_train, idx_test = train_test_split(
-        np.arange(len(texts)), test_size=0.2, random_state=seed, stratify=labels)
-    idx = idx_train if split == "train" else idx_test
+    train, test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=labels)
+    return train if split == "train" else test
+
+
+def _text_split(name: str, texts: list[str], labels: np.ndarray, split: str):
+    idx = _split_indices(name, labels, split)
     return [texts[i] for i in idx], labels[idx]
 
 
@@ -280,14 +284,8 @@ def _load_table(name: str, target: str, positive: str | int, split: str):
     frame = pd.read_csv(locate(files(name)[0]))
     labels = (frame.pop(target) == positive).astype(np.int64).to_numpy()
     frame = frame.drop(columns=[c for c in ("ID",) if c in frame.columns])
-    _check_split(name, split, SPLITS + ("all",))
-    if split == "all":
-        return frame, labels
-    from sklearn.model_selection import train_test_split
-
-    x_train, x_test, y_train, y_test = train_test_split(
-        frame, labels, test_size=0.2, random_state=0, stratify=labels)
-    return (x_train, y_train) if split == "train" else (x_test, y_test)
+    idx = _split_indices(name, labels, split)
+    return frame.iloc[idx], labels[idx]
 
 
 def _load_cifar10(split: str):

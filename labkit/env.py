@@ -50,15 +50,37 @@ def device(prefer: str | None = None):
 def device_name() -> str:
     """A human-readable name of the compute device, for reports."""
     try:
-        import torch
-    except ImportError:
+        chosen = device()
+    except ImportError:  # a TensorFlow-only environment
         return "cpu"
-    if torch.cuda.is_available():
+    if chosen.type == "cuda":
+        import torch
+
         return f"cuda ({torch.cuda.get_device_name(0)})"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
+    if chosen.type == "mps":
         return "mps"
     return f"cpu ({os.cpu_count()} cores, {cpu_threads()} torch threads)"
+
+
+# The packages whose versions decide a lab's numbers: `labkit doctor` lists them, reports record them.
+KEY_PACKAGES = ("labkit", "torch", "numpy", "tensorflow-cpu", "tf-keras", "tensorflow-privacy", "opacus",
+                "cleverhans", "adversarial-robustness-toolbox", "scikit-learn", "textattack", "flwr", "fastapi",
+                "uvicorn", "jupyterlab", "nbval", "pooch")
+
+
+def versions(include_missing: bool = False) -> dict:
+    """{package: version} for Python and KEY_PACKAGES ("not installed" only with include_missing)."""
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in KEY_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if include_missing:
+                found[name] = "not installed"
+    return found
 
 
 def cpu_threads() -> int:

@@ -179,34 +179,23 @@ def execute(path: Path, profile: str | None = None, timeout: int = 1800, allow_e
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    saved = {k: os.environ.get(k) for k in ("LABKIT_PROFILE", "LABKIT_RESULTS", "MPLBACKEND")}
+    # The kernel gets its own environment; this process's os.environ stays as it was.
+    kernel_env = {**os.environ, "MPLBACKEND": os.environ.get("MPLBACKEND", "Agg")}
     if profile:
-        os.environ["LABKIT_PROFILE"] = profile
+        kernel_env["LABKIT_PROFILE"] = profile
     if results_dir:
-        os.environ["LABKIT_RESULTS"] = str(results_dir)
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
-                                resources={"metadata": {"path": str(path.parent)}})
-        # The kernel's own start-up chatter (transport warnings) is not the learner's business;
-        # cell errors still arrive as error outputs.
-        client.execute(stderr=subprocess.DEVNULL)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        kernel_env["LABKIT_RESULTS"] = str(results_dir)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                            resources={"metadata": {"path": str(path.parent)}})
+    # The kernel's own start-up chatter (transport warnings) is not the learner's business;
+    # cell errors still arrive as error outputs.
+    client.execute(env=kernel_env, stderr=subprocess.DEVNULL)
     return nb
 
 
-def _errors(nb) -> list[tuple[int, dict, str]]:
-    found = []
-    for index, cell in enumerate(nb.cells):
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                found.append((index, output, cell.source))
-    return found
+def _errors(nb) -> list[tuple[int, dict]]:
+    return [(index, output) for index, cell in enumerate(nb.cells) for output in cell.get("outputs", [])
+            if output.get("output_type") == "error"]
 
 
 def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 1800) -> Grade:
@@ -222,18 +211,13 @@ def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 18
         if report_file.is_file():
             result.report = json.loads(report_file.read_text())
     result.wall_time_s = time.perf_counter() - start
-    failed_cells = {}
-    for index, output, _ in _errors(executed):
-        failed_cells[index] = output
+    failed_cells = dict(_errors(executed))
     for index, cell in enumerate(executed.cells):
         if cell.cell_type != "code":
             continue
         for exercise in re.findall(r"check\.(\w+)\(", cell.source):
-            if index in failed_cells:
-                out = failed_cells[index]
-                result.exercises[exercise] = f"{out['ename']}: {out['evalue']}"
-            else:
-                result.exercises[exercise] = "passed"
+            out = failed_cells.get(index)
+            result.exercises[exercise] = "passed" if out is None else f"{out['ename']}: {out['evalue']}"
     for index, output in failed_cells.items():
         if output["ename"] in ("ExerciseFailed", "TargetMissed"):
             continue

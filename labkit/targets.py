@@ -9,10 +9,10 @@ import sys
 import time
 import tomllib
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from . import env
+from .tables import format_table
 
 DEFAULT_TARGETS_FILE = Path(__file__).with_name("targets.toml")
 
@@ -94,22 +94,23 @@ def results_dir() -> Path:
     return (root if root else Path.cwd()) / "results"
 
 
-def _versions() -> dict:
-    names = ["labkit", "numpy", "torch", "tensorflow-cpu", "tensorflow", "opacus", "cleverhans",
-             "adversarial-robustness-toolbox", "tensorflow-privacy", "scikit-learn"]
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
 def _format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def format_result(result: dict) -> str:
+    """The report table (metric, target, achieved, pass) of a saved or fresh result."""
+    rows = []
+    for metric, value in result["metrics"].items():
+        target = result["targets"].get(metric, "-")
+        verdict = "" if metric not in result["passes"] else ("PASS" if result["passes"][metric] else "MISS")
+        rows.append((metric, target, _format_value(value), verdict))
+    for metric in result["targets"]:
+        if metric not in result["metrics"]:
+            rows.append((metric, result["targets"][metric], "missing", "MISS"))
+    return format_table(("metric", "target", "achieved", "pass"), rows)
 
 
 def report(lab_id: str, metrics: dict, profile: str | None = None, notes: dict | None = None) -> dict:
@@ -117,25 +118,14 @@ def report(lab_id: str, metrics: dict, profile: str | None = None, notes: dict |
     naming every metric that missed its target (also one the lab forgot to measure)."""
     profile = profile or env.profile()
     wall_time = time.perf_counter() - _STARTED
-    rows, missed = [], []
-    for target in targets(lab_id, profile):
+    lab_targets = targets(lab_id, profile)
+    passes, missed = {}, []
+    for target in lab_targets:
         value = metrics.get(target.metric)
-        ok = value is not None and target.passes(float(value))
-        rows.append((target.metric, target.describe(), "missing" if value is None else _format_value(value), "PASS" if ok else "MISS"))
-        if not ok:
-            missed.append(f"{target.metric} = {'not reported' if value is None else _format_value(value)} (target {target.describe()})")
-    targeted = {t.metric for t in targets(lab_id, profile)}
-    for name, value in metrics.items():
-        if name not in targeted:
-            rows.append((name, "-", _format_value(value), ""))
-
-    widths = [max(len(str(r[i])) for r in rows + [("metric", "target", "achieved", "pass")]) for i in range(4)]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    print(f"Report: {lab_id} ({profile} profile, {env.device_name()}, {wall_time:.0f} s)")
-    print(line(("metric", "target", "achieved", "pass")))
-    print(line(tuple("-" * w for w in widths)))
-    for r in rows:
-        print(line(r))
+        passes[target.metric] = value is not None and target.passes(float(value))
+        if not passes[target.metric]:
+            shown = "not reported" if value is None else _format_value(value)
+            missed.append(f"{target.metric} = {shown} (target {target.describe()})")
 
     result = {
         "lab": lab_id,
@@ -143,18 +133,21 @@ def report(lab_id: str, metrics: dict, profile: str | None = None, notes: dict |
         "device": env.device_name(),
         "wall_time_s": round(wall_time, 1),
         "metrics": {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()},
-        "targets": {t.metric: t.describe() for t in targets(lab_id, profile)},
+        "targets": {t.metric: t.describe() for t in lab_targets},
+        "passes": passes,
         "passed": not missed,
         "missed": missed,
         "notes": notes or {},
-        "versions": _versions(),
+        "versions": env.versions(),
         "platform": f"{platform.system()} {platform.machine()}",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    print(f"Report: {lab_id} ({profile} profile, {result['device']}, {wall_time:.0f} s)")
+    print(format_result(result))
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{lab_id}.json").write_text(json.dumps(result, indent=2) + "\n")
     if missed:
         raise TargetMissed(f"{lab_id}: {len(missed)} target(s) missed in the {profile} profile: " + "; ".join(missed))
-    print(f"All {len(targeted)} targets met.")
+    print(f"All {len(lab_targets)} targets met.")
     return result

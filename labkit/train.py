@@ -54,6 +54,14 @@ def _images_to_float(x) -> torch.Tensor:
     return t
 
 
+def _labels(y, n_images: int) -> torch.Tensor:
+    """Labels as a flat int64 tensor, one per image."""
+    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long().reshape(-1)
+    if len(yt) != n_images:
+        raise ValueError(f"{n_images} images but {len(yt)} labels.")
+    return yt
+
+
 def to_tensors(x, y=None):
     """Numpy images (and labels) -> float tensor (N, C, H, W) in [0, 1] (and int64 labels).
 
@@ -64,10 +72,7 @@ def to_tensors(x, y=None):
     xt = _images_to_float(x)
     if y is None:
         return xt
-    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long().reshape(-1)
-    if len(yt) != len(xt):
-        raise ValueError(f"{len(xt)} images but {len(yt)} labels.")
-    return xt, yt
+    return xt, _labels(y, len(xt))
 
 
 def make_loader(x, y, batch_size: int = 128, shuffle: bool = True, seed: int = 0) -> DataLoader:
@@ -172,9 +177,16 @@ def train_epoch(
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
+def _image_batch(x) -> torch.Tensor:
+    """x as it is when already a float (N, C, H, W) tensor (kept on its device), else to_tensors(x)."""
+    if isinstance(x, torch.Tensor) and x.dtype.is_floating_point and x.dim() == 4:
+        return x
+    return to_tensors(x)
+
+
 def _batches(x, y, batch_size: int):
-    xt, yt = (x, y) if isinstance(x, torch.Tensor) and x.dtype.is_floating_point and x.dim() == 4 else to_tensors(x, y)
-    yt = torch.as_tensor(yt).long()
+    xt = _image_batch(x)
+    yt = _labels(y, len(xt))
     for i in range(0, len(xt), batch_size):
         yield xt[i : i + batch_size], yt[i : i + batch_size]
 
@@ -182,7 +194,7 @@ def _batches(x, y, batch_size: int):
 def predict(model: nn.Module, x, device=None, batch_size: int = 1000) -> np.ndarray:
     """Predicted class for each image (numpy int64), in evaluation mode, without gradients."""
     device = device or next(model.parameters()).device
-    xt = x if isinstance(x, torch.Tensor) and x.dtype.is_floating_point and x.dim() == 4 else to_tensors(x)
+    xt = _image_batch(x)
     was_training = model.training
     model.eval()
     out = []
