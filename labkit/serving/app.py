@@ -1,0 +1,347 @@
+"""The FastAPI app (`create_app`) and a real uvicorn server on loopback (`serve`, `running`)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from .layers import (AuditLog, Defences, KeyStore, OODDetector, QueryMonitor, RateLimiter,
+                     describe_validation_error, harden, ood_features, request_models)
+from .models import load_model, sha256_file
+
+KEY_HEADER = "X-API-Key"
+
+STATUS = {"missing_key": 401, "unknown_key": 403, "key_suspended": 403, "rate_limited": 429,
+          "payload_too_large": 413, "invalid_json": 400, "invalid_input": 422, "out_of_distribution": 422,
+          "internal_error": 500}
+
+
+class Rejected(Exception):
+    def __init__(self, kind: str, detail: str, fields: list[str] | None = None, headers: dict | None = None):
+        super().__init__(detail)
+        self.kind, self.detail, self.fields, self.headers = kind, detail, fields or [], headers or {}
+
+
+@dataclass
+class ServingState:
+    """Everything the running app holds; `app.state.labkit` in a created app."""
+
+    model: object
+    defences: Defences
+    keys: KeyStore | None = None
+    limiter: RateLimiter | None = None
+    ood: OODDetector | None = None
+    monitor: QueryMonitor | None = None
+    audit: AuditLog | None = None
+    model_sha256: str | None = None
+    single: object = None
+    batch: object = None
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    outcomes: Counter = field(default_factory=Counter)
+    latencies_ms: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset_clients(self) -> None:
+        """Forget every client's rate-limit window and query history (and lift suspensions):
+        the next requests start from a clean slate, as if they came from new clients."""
+        if self.limiter is not None:
+            with self.limiter._lock:
+                self.limiter._log.clear()
+        if self.monitor is not None:
+            with self.monitor._lock:
+                self.monitor.flags.clear()
+                self.monitor._hist.clear()
+
+    def stats(self) -> dict:
+        with self.lock:
+            lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+            return {"requests": int(sum(self.outcomes.values())), "outcomes": dict(self.outcomes),
+                    "server_p50_ms": float(np.nanpercentile(lat, 50)), "server_p99_ms": float(np.nanpercentile(lat, 99))}
+
+
+def _error(kind: str, detail: str, fields=None, headers=None, request_id: str = ""):
+    body = {"error": kind, "detail": detail, "request_id": request_id}
+    if fields:
+        body["fields"] = fields
+    return JSONResponse(body, status_code=STATUS[kind], headers=headers)
+
+
+def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None = None, reference=None,
+               sha256: str | None = None, audit_path=None, seed: int | None = 0, title: str = "labkit model API",
+               rate_limiter: RateLimiter | None = None):
+    """A FastAPI app serving `model` (a model object, or the path of a file saved by model.save)
+    behind the layers `defences` switches on.
+
+    keys       a KeyStore (needed with defences.auth)
+    reference  clean inputs (e.g. training rows or texts): calibrate OOD rejection and the probing radius
+    sha256     the approved hash of the model file (needed with defences.integrity: the file is
+               checked before anything in it is read, and a mismatch raises IntegrityError here)
+    audit_path where the JSON-lines audit log goes (needed with defences.audit)
+    seed       seeds the output noise (None: fresh randomness)
+    rate_limiter  a RateLimiter to use instead of the default one built from defences.rate_limit
+    """
+    d = defences or Defences()
+    if isinstance(model, (str, Path)):
+        if d.integrity and not sha256:
+            raise ValueError("defences.integrity is on: pass sha256= (the hash recorded when the model was approved).")
+        path = Path(model)
+        model = load_model(path, sha256=sha256 if d.integrity else None)
+        digest = sha256 if d.integrity else sha256_file(path)
+    else:
+        if d.integrity:
+            raise ValueError("defences.integrity checks a model FILE: pass the path of the saved model and its sha256, "
+                             "e.g. create_app('model.npz', defences, sha256=model.save('model.npz')).")
+        digest = None
+    for need, what, hint in ((d.auth and keys is None, "auth", "keys=KeyStore() with issued keys"),
+                             ((d.ood or (d.detect_probing and d.probe_radius is None)) and reference is None,
+                              "ood / detect_probing", "reference= some clean inputs (training rows or texts)"),
+                             (d.audit and audit_path is None, "audit", "audit_path='audit.jsonl'")):
+        if need:
+            raise ValueError(f"defences.{what} is on: pass {hint}.")
+
+    state = ServingState(model=model, defences=d, keys=keys, model_sha256=digest, rng=np.random.default_rng(seed))
+    if rate_limiter is not None:
+        state.limiter = rate_limiter
+    elif d.rate_limit is not None:
+        state.limiter = RateLimiter(d.rate_limit, d.rate_window_s)
+    if d.ood:
+        state.ood = OODDetector.calibrate(model, reference, d.ood_false_reject_rate, seed=seed or 0)
+    if d.detect_extraction or d.detect_probing:
+        radius = d.probe_radius
+        if d.detect_probing and radius is None:
+            radius = QueryMonitor.calibrate_radius(model, reference, seed=seed or 0)
+        ref = None
+        if d.detect_extraction and d.prada_test == "reference":
+            if reference is None:
+                raise ValueError("defences.prada_test='reference' needs reference= some clean inputs.")
+            ref = QueryMonitor.reference_distances(model, reference, seed=seed or 0)
+        state.monitor = QueryMonitor(extraction=d.detect_extraction, probing=d.detect_probing,
+                                     test=d.prada_test, reference=ref, ks_threshold=d.prada_ks_threshold,
+                                     threshold=d.prada_threshold, min_queries=d.prada_min_queries,
+                                     window=d.prada_window, probe_radius=radius or 0.0, probe_limit=d.probe_limit,
+                                     probe_window=d.probe_window)
+    if d.audit:
+        state.audit = AuditLog(audit_path)
+    state.single, state.batch = request_models(model, d)
+
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.labkit = state
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": type(model).__name__, "kind": model.kind, "classes": list(model.classes),
+                "layers": d.layers_on()}
+
+    async def read_body(request: Request) -> bytes:
+        if not d.schema:
+            return await request.body()
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > d.max_body_bytes:
+            raise Rejected("payload_too_large", f"The body is {declared} bytes; the limit is {d.max_body_bytes}.")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > d.max_body_bytes:
+                raise Rejected("payload_too_large", f"The body exceeds the limit of {d.max_body_bytes} bytes.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def parse(raw: bytes, batch: bool) -> list:
+        """The model inputs carried by the body: validated (schema on) or taken as they come (off)."""
+        if d.schema:
+            try:
+                body = (state.batch if batch else state.single).model_validate_json(raw)
+            except ValidationError as err:
+                kind, detail, where = describe_validation_error(err)
+                raise Rejected(kind, detail, where) from None
+            items = body.instances if batch else [body]
+            if model.kind == "tabular":
+                return [item.features.model_dump() for item in items]
+            return [item.text for item in items]
+        # Undefended: trust the client (what the red team exploits).
+        body = json.loads(raw)
+        items = body["instances"] if batch else [body]
+        if model.kind == "tabular":
+            return [{n: float(item["features"][n]) for n in model.feature_names} for item in items]
+        return [item["text"] for item in items]
+
+    def handle(client: str, items: list, batch: bool, request_id: str) -> dict:
+        if state.limiter is not None and batch:  # single requests were counted before the body was read
+            ok, retry = state.limiter.acquire(client, cost=len(items))
+            if not ok:
+                raise Rejected("rate_limited", f"This batch of {len(items)} would exceed {state.limiter.limit} queries "
+                               f"per {state.limiter.window_s:g} s; retry in {retry:.0f} s or send fewer.",
+                               headers={"Retry-After": str(max(1, int(np.ceil(retry))))})
+        X = items if model.kind == "text" else model.to_matrix(items)
+        feats = model.features(X) if state.monitor is not None else None
+        if state.ood is not None:
+            bad = np.flatnonzero(state.ood.is_ood(ood_features(model, X)))
+            if len(bad):
+                where = ", ".join(str(i) for i in bad[:10]) if batch else "the input"
+                raise Rejected("out_of_distribution",
+                               f"{where} {'are' if batch else 'is'} unlike the data this model was built for "
+                               f"(Mahalanobis score above {state.ood.threshold:.2f}); not scored.",
+                               [f"instances.{i}" for i in bad[:10]] if batch else [])
+        proba = model.predict_proba(X)
+        if not np.all(np.isfinite(proba)):
+            raise ValueError("the model returned non-finite probabilities")
+        if state.monitor is not None:
+            for f, label in zip(feats, proba.argmax(1)):
+                flag = state.monitor.observe(client, f, int(label))
+                if flag is not None:  # the request that tips a key over is refused too
+                    raise Rejected("key_suspended", f"This key was suspended after {flag.after_queries} queries: "
+                                   f"its query pattern looks like model {flag.reason} ({flag.detail}). "
+                                   "Contact the API owner.")
+        out = harden(proba, model.classes, d.output, d.round_digits, d.output_noise, state.rng)
+        return {"predictions": out, "request_id": request_id} if batch else {**out[0], "request_id": request_id}
+
+    async def endpoint(request: Request, batch: bool):
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        client, raw, n_items = "anonymous", b"", 0
+        try:
+            if d.auth:
+                presented = request.headers.get(KEY_HEADER)
+                if not presented:
+                    raise Rejected("missing_key", f"Send your API key in the {KEY_HEADER} header.")
+                client = keys.identify(presented)
+                if client is None:
+                    client = "unknown"
+                    raise Rejected("unknown_key", "This API key is not valid.")
+            elif request.client is not None:
+                client = request.client.host
+            if state.monitor is not None and (flag := state.monitor.flagged(client)):
+                raise Rejected("key_suspended", f"This key was suspended after {flag.after_queries} queries: "
+                               f"its query pattern looks like model {flag.reason} ({flag.detail}). "
+                               "Contact the API owner.")
+            if state.limiter is not None and not batch:
+                ok, retry = state.limiter.acquire(client)
+                if not ok:
+                    raise Rejected("rate_limited", f"More than {state.limiter.limit} queries in {state.limiter.window_s:g} s; "
+                                   f"retry in {retry:.1f} s.", headers={"Retry-After": str(max(1, int(np.ceil(retry))))})
+            raw = await read_body(request)
+            items = parse(raw, batch)
+            n_items = len(items)
+            result = handle(client, items, batch, request_id)
+            status, outcome, response = 200, "served", JSONResponse(result)
+        except Rejected as rej:
+            status, outcome = STATUS[rej.kind], rej.kind
+            response = _error(rej.kind, rej.detail, rej.fields, rej.headers, request_id)
+        except Exception as err:  # noqa: BLE001 - a crash must still answer in JSON and reach the audit log
+            status, outcome = 500, "internal_error"
+            response = _error("internal_error", f"The server failed on this input ({type(err).__name__}).",
+                              request_id=request_id)
+        elapsed = (time.perf_counter() - started) * 1000
+        with state.lock:
+            state.outcomes[outcome] += 1
+            state.latencies_ms.append(elapsed)
+        if state.audit is not None:
+            state.audit.write(request_id=request_id, client=client, endpoint=request.url.path, status=status,
+                              outcome=outcome, items=n_items, body_bytes=len(raw),
+                              body_sha256=hashlib.sha256(raw).hexdigest() if raw else None,
+                              latency_ms=round(elapsed, 3))
+        return response
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        return await endpoint(request, batch=False)
+
+    @app.post("/predict/batch")
+    async def predict_batch(request: Request):
+        return await endpoint(request, batch=True)
+
+    @app.exception_handler(404)
+    async def not_found(request, exc):
+        return JSONResponse({"error": "not_found", "detail": f"No endpoint {request.url.path}; use POST /predict."},
+                            status_code=404)
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# A real server in a background thread
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RunningServer:
+    url: str
+    app: object
+    server: object
+    thread: threading.Thread
+
+    @property
+    def state(self) -> ServingState | None:
+        return getattr(self.app.state, "labkit", None)
+
+    def client(self, key: str | None = None, **kwargs):
+        """An httpx.Client for this server, sending `key` in the X-API-Key header."""
+        import httpx
+
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if key is not None:
+            headers[KEY_HEADER] = key
+        return httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 10.0), **kwargs)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(timeout)
+
+
+@contextlib.contextmanager
+def serve(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", start_timeout: float = 20.0):
+    """Run `app` under uvicorn on host:port (port 0: a free one) in a background thread.
+
+    Yields a RunningServer (`.url`, `.client(key)`, `.state`); on leaving the block (also when it
+    raises) the server shuts down and its thread is joined, so nothing keeps running."""
+    import uvicorn
+
+    # uvicorn binds the socket itself (port 0: the system picks a free one); a socket bound here and
+    # handed over costs about 40 ms per request on Linux (delayed ACKs), so that route is avoided.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    errors = []
+
+    def run():
+        try:
+            server.run()
+        except BaseException as err:  # noqa: BLE001 - reported to the caller below
+            errors.append(err)
+
+    thread = threading.Thread(target=run, name="labkit-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(5)
+            raise RuntimeError(f"The API server did not start on {host}:{port}" +
+                               (f": {errors[0]!r}" if errors else " in time."))
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    running_server = RunningServer(url=f"http://{host}:{port}", app=app, server=server, thread=thread)
+    try:
+        yield running_server
+    finally:
+        running_server.stop()
+
+
+@contextlib.contextmanager
+def running(model, defences: Defences | None = None, **kwargs):
+    """create_app(model, defences, **kwargs) served on a free loopback port: `with running(...) as api:`."""
+    with serve(create_app(model, defences, **kwargs)) as server:
+        yield server
