@@ -1,0 +1,283 @@
+"""Differentially private training with Opacus: the plumbing around `PrivacyEngine`.
+
+    run = privacy.train_private(models.TanhCNN(), x, y, epochs=2, batch_size=512, lr=0.5,
+                                max_grad_norm=1.0, target_epsilon=3.0, delta=1e-5)
+    run.model, run.epsilon, run.noise_multiplier, run.seconds_per_epoch
+
+`train_private` builds the loader, wraps model, optimizer and loader with Opacus'
+`make_private_with_epsilon` (Poisson sampling, flat clipping, noise calibrated by the accountant
+to reach the target epsilon after the planned epochs), trains, and reads the spent epsilon back
+from the accountant. Without a target epsilon it trains the same model with the same optimizer
+and batch size, non-privately, so that the two are comparable. `epsilon_sweep` repeats that over
+a list of targets. `opacus_dp_gradient` and `opacus_per_sample_gradients` give Opacus' answer for
+one DP-SGD step on a fixed batch, which `labkit.check.dp_sgd_step` compares a hand-written step with.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import train
+
+__all__ = ["PrivateRun", "train_private", "epsilon_sweep", "unwrap", "opacus_per_sample_gradients",
+           "opacus_dp_gradient", "plot_sweep", "check_delta"]
+
+
+@dataclass
+class PrivateRun:
+    """One training run: the trained (unwrapped) model and what it cost in privacy and time."""
+
+    model: nn.Module
+    private: bool
+    epsilon: float  # spent, read from the accountant; inf without DP
+    delta: float
+    noise_multiplier: float  # 0 without DP
+    max_grad_norm: Optional[float]
+    sample_rate: float
+    steps: int
+    epochs: int
+    batch_size: int
+    accountant: str
+    seconds_per_epoch: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+
+    @property
+    def epoch_seconds(self) -> float:
+        """Median seconds per epoch (robust to a slow first epoch)."""
+        return float(np.median(self.seconds_per_epoch)) if self.seconds_per_epoch else float("nan")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside an Opacus GradSampleModule (or the model itself)."""
+    return getattr(model, "_module", model)
+
+
+def check_delta(delta: float, n: int) -> float:
+    """delta must be a probability well below 1/n: a mechanism that publishes each record with
+    probability delta satisfies (0, delta)-DP and still leaks about n * delta records."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta = {delta!r} is not a probability in (0, 1); the usual choice is 1e-5 or below 1/n.")
+    if delta >= 1 / n:
+        raise ValueError(
+            f"delta = {delta:g} is not below 1/n = {1 / n:.3g} for n = {n} training examples: such a guarantee allows "
+            f"leaking about n * delta = {n * delta:.2g} whole records. Choose delta well below 1/n (e.g. {0.1 / n:.1g})."
+        )
+    return delta
+
+
+def _quiet_opacus():
+    """Opacus' warnings that every lab run would repeat: the non-secure RNG (fine for teaching; use
+    secure_mode=True in production) and PyTorch's notice about its backward hooks."""
+    context = warnings.catch_warnings()
+    context.__enter__()
+    warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+    warnings.filterwarnings("ignore", message=".*full_backward_hook.*")
+    warnings.filterwarnings("ignore", message=".*non-full backward hook.*")
+    warnings.filterwarnings("ignore", message=".*Optimal order is the largest alpha.*")
+    return context
+
+
+def train_private(
+    model: nn.Module,
+    x,
+    y,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    max_grad_norm: float = 1.0,
+    target_epsilon: Optional[float] = None,
+    delta: float = 1e-5,
+    seed: int = 0,
+    accountant: str = "rdp",
+    device=None,
+    progress: bool = True,
+    desc: str = "",
+    x_val=None,
+    y_val=None,
+) -> PrivateRun:
+    """Train `model` with SGD (momentum) for `epochs`; with `target_epsilon`, privately with Opacus.
+
+    Private: `PrivacyEngine(accountant=accountant).make_private_with_epsilon` with Poisson sampling
+    (each example joins each batch independently with probability batch_size / n), flat per-example
+    clipping to `max_grad_norm`, and the noise multiplier the accountant needs to end at
+    (target_epsilon, delta) after `epochs`. The spent epsilon is read from the accountant afterwards.
+    Non-private (target_epsilon=None): the same optimizer and batch size on shuffled batches.
+    Returns a PrivateRun (the model is unwrapped and left in eval mode).
+    """
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size}).")
+    if target_epsilon is not None and not (target_epsilon > 0 and math.isfinite(target_epsilon)):
+        raise ValueError(f"target_epsilon must be a positive number, or None for no DP (got {target_epsilon!r}).")
+    device = device or next(model.parameters()).device
+    model.to(device)
+    torch.manual_seed(seed)
+    loader = train.make_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed)
+    n = len(loader.dataset)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    private = target_epsilon is not None
+    noise_multiplier = 0.0
+    engine = None
+    if private:
+        check_delta(delta, n)
+        errors = ModuleValidator.validate(model, strict=False)
+        if errors:
+            raise ValueError(f"This model cannot be trained with DP-SGD as it is: {errors[0]}. "
+                             "Run model = ModuleValidator.fix(model) first (it swaps BatchNorm for GroupNorm).")
+        engine = PrivacyEngine(accountant=accountant)
+        quiet = _quiet_opacus()
+        try:
+            model, optimizer, loader = engine.make_private_with_epsilon(
+                module=model, optimizer=optimizer, data_loader=loader, target_epsilon=target_epsilon,
+                target_delta=delta, epochs=epochs, max_grad_norm=max_grad_norm, poisson_sampling=True,
+                noise_generator=torch.Generator(device=device).manual_seed(seed),
+            )
+        finally:
+            quiet.__exit__(None, None, None)
+        noise_multiplier = float(optimizer.noise_multiplier)
+    history, seconds = [], []
+    label = desc or (f"DP eps {target_epsilon:g}" if private else "no DP")
+    quiet = _quiet_opacus()
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            stats = train.train_epoch(model, loader, optimizer, device, desc=f"{label}, epoch {epoch}/{epochs}",
+                                      progress=progress)
+            seconds.append(time.perf_counter() - start)
+            stats["seconds"] = seconds[-1]
+            if x_val is not None:
+                stats["val_accuracy"] = train.evaluate(model, x_val, y_val, device, progress=False)
+            history.append(stats)
+        epsilon = float(engine.get_epsilon(delta)) if private else math.inf
+    finally:
+        quiet.__exit__(None, None, None)
+    plain = unwrap(model)
+    if private:  # Opacus' hooks stay on the module inside the wrapper: take them off for later use
+        if hasattr(model, "remove_hooks"):
+            model.remove_hooks()
+        for p in plain.parameters():
+            for name in ("grad_sample", "summed_grad"):
+                if hasattr(p, name):
+                    setattr(p, name, None)
+    plain.eval()
+    steps = epochs * math.ceil(n / batch_size)
+    return PrivateRun(model=plain, private=private, epsilon=epsilon, delta=delta if private else 0.0,
+                      noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm if private else None,
+                      sample_rate=batch_size / n, steps=steps, epochs=epochs, batch_size=batch_size,
+                      accountant=accountant if private else "-", seconds_per_epoch=seconds, history=history)
+
+
+def epsilon_sweep(
+    build: Callable[[], nn.Module],
+    x,
+    y,
+    x_eval,
+    y_eval,
+    epsilons,
+    *,
+    keep_models: bool = False,
+    progress: bool = True,
+    **settings,
+) -> list[dict]:
+    """Train one fresh `build()` model per target epsilon (None = no DP) with `train_private(**settings)`
+    and measure each on (x_eval, y_eval). Returns one row per run: target_epsilon, epsilon (spent),
+    noise_multiplier, accuracy, seconds (per epoch), and the run itself under "run" when keep_models."""
+    from tqdm.auto import tqdm
+
+    epsilons = list(epsilons)
+    if not epsilons:
+        raise ValueError("epsilons is empty: pass targets such as [0.5, 1, 3, 8, None] (None = no DP).")
+    rows = []
+    for target in tqdm(epsilons, desc="epsilon sweep", disable=not progress):
+        run = train_private(build(), x, y, target_epsilon=target, progress=False, **settings)
+        row = {
+            "target_epsilon": math.inf if target is None else float(target),
+            "epsilon": run.epsilon,
+            "noise_multiplier": run.noise_multiplier,
+            "accuracy": train.evaluate(run.model, x_eval, y_eval, progress=False),
+            "seconds": run.epoch_seconds,
+        }
+        if keep_models:
+            row["run"] = run
+        rows.append(row)
+    return rows
+
+
+def opacus_per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """{parameter name: (N, *shape)} gradients of each example's cross-entropy loss, by Opacus'
+    GradSampleModule (a deep copy of the model; the model itself is not touched)."""
+    from opacus import GradSampleModule
+
+    twin = copy.deepcopy(model).train()  # Opacus records activations in training mode only
+    quiet = _quiet_opacus()
+    try:
+        wrapped = GradSampleModule(twin, loss_reduction="mean")
+        F.cross_entropy(wrapped(x), y).backward()
+        grads = {name: p.grad_sample.detach().clone() for name, p in twin.named_parameters() if p.requires_grad}
+        wrapped._close()
+    finally:
+        quiet.__exit__(None, None, None)
+    return grads
+
+
+def opacus_dp_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float,
+                       noise_multiplier: float, generator: Optional[torch.Generator] = None) -> dict:
+    """{parameter name: gradient} that Opacus' DPOptimizer would hand to SGD for this batch: per-example
+    gradients clipped to max_grad_norm (flat, over all parameters), summed, Gaussian noise of standard
+    deviation noise_multiplier * max_grad_norm added, divided by the batch size."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    twin = copy.deepcopy(model).train()  # Opacus records activations in training mode only
+    quiet = _quiet_opacus()
+    try:
+        wrapped = GradSampleModule(twin, loss_reduction="mean")
+        optimizer = DPOptimizer(torch.optim.SGD(twin.parameters(), lr=0.0), noise_multiplier=noise_multiplier,
+                                max_grad_norm=max_grad_norm, expected_batch_size=len(x), loss_reduction="mean",
+                                generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(wrapped(x), y).backward()
+        optimizer.clip_and_accumulate()
+        optimizer.add_noise()
+        optimizer.scale_grad()
+        grads = {name: p.grad.detach().clone() for name, p in twin.named_parameters() if p.requires_grad}
+        wrapped._close()
+    finally:
+        quiet.__exit__(None, None, None)
+    return grads
+
+
+def plot_sweep(rows: list[dict], published: Optional[dict] = None, title: str = "Privacy against accuracy"):
+    """Accuracy against spent epsilon (log scale) for the DP rows of `epsilon_sweep`, the no-DP row as a
+    dashed line; `published` = {label: (epsilon, accuracy)} adds reference points."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    dp = [r for r in rows if math.isfinite(r["target_epsilon"])]
+    ax.plot([r["epsilon"] for r in dp], [r["accuracy"] for r in dp], "o-", label="DP-SGD (spent epsilon)")
+    for r in dp:
+        ax.annotate(f"{r['accuracy']:.1%}", (r["epsilon"], r["accuracy"]), textcoords="offset points",
+                    xytext=(0, 7), ha="center", fontsize=8)
+    for r in rows:
+        if not math.isfinite(r["target_epsilon"]):
+            ax.axhline(r["accuracy"], ls="--", color="grey", label=f"no DP ({r['accuracy']:.1%})")
+    for i, (label, (eps, acc)) in enumerate((published or {}).items()):
+        ax.plot([eps], [acc], "s", color=f"C{i + 1}", label=label)
+    ax.set_xscale("log")
+    ax.set(xlabel="epsilon (log scale; smaller = more private)", ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
