@@ -41,10 +41,10 @@ lab: $(STAMP) data build
 	$(BIN)/jupyter lab --notebook-dir=labs --allow-root --ServerApp.open_browser=False
 
 unit: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q --durations=10 tests
 
 notebooks: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env solutions/
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --durations=25 solutions/
 
 # The unit tests first: they are quick and name a broken piece before the notebooks run.
 test: unit notebooks
