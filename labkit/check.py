@@ -65,19 +65,21 @@ def _fail(exercise: str, message: str, cause: BaseException | None = None):
 # The fixed test bench: a small seeded CNN, fitted briefly to a synthetic digit-like batch.
 # ---------------------------------------------------------------------------------------------
 
+def _digit_like_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n digit-like images from the current torch RNG: mostly exact 0 background, bright 1.0
+    strokes, some grey edges (so a step that forgets to clip really leaves [0, 1]); random labels."""
+    strokes = (torch.rand(n, 1, 28, 28) < 0.18).float()
+    grey = torch.rand(n, 1, 28, 28) * (torch.rand(n, 1, 28, 28) < 0.12).float()
+    return torch.maximum(strokes, grey), torch.randint(0, 10, (n,))
+
+
 @functools.lru_cache(maxsize=1)
 def _bench_state():
     from .models import SmallCNN
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
-        n = 64
-        # Digit-like images: mostly exact 0 background, bright 1.0 strokes, some grey edges,
-        # so that a step that forgets to clip really leaves [0, 1].
-        strokes = (torch.rand(n, 1, 28, 28) < 0.18).float()
-        grey = torch.rand(n, 1, 28, 28) * (torch.rand(n, 1, 28, 28) < 0.12).float()
-        x = torch.maximum(strokes, grey)
-        y = torch.randint(0, 10, (n,))
+        x, y = _digit_like_batch(64)
         model = SmallCNN()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(25):  # fit 48 of the 64 images a little: a confident model makes directions
@@ -587,18 +589,14 @@ def _dp_bench_state():
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(4321)
-        n = 48
-        strokes = (torch.rand(n, 1, 28, 28) < 0.18).float()
-        grey = torch.rand(n, 1, 28, 28) * (torch.rand(n, 1, 28, 28) < 0.12).float()
-        x = torch.maximum(strokes, grey)
-        y = torch.randint(0, 10, (n,))
+        x, y = _digit_like_batch(48)
         model = TanhCNN()
         model.eval()
         state = {k: v.clone() for k, v in model.state_dict().items()}
         per_sample = opacus_per_sample_gradients(model, x, y)
     norms = torch.cat([g.flatten(1) for g in per_sample.values()], 1).norm(dim=1)
     clip = float(f"{norms.quantile(0.4).item():.2g}")
-    for special in (1.0, n ** 0.5):  # keep C away from 1 and sqrt(batch), so that each noise mistake differs
+    for special in (1.0, len(x) ** 0.5):  # keep C away from 1 and sqrt(batch), so that each noise mistake differs
         if 0.85 * special < clip < 1.18 * special:
             clip = float(f"{norms.quantile(0.2 if clip > special else 0.6).item():.2g}")
     return state, x, y, clip

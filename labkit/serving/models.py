@@ -20,7 +20,6 @@ than chance (binomial test).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..datasets import sha256_of
+
 FORMAT_VERSION = 1
 
 
@@ -36,12 +37,7 @@ class IntegrityError(RuntimeError):
     """A model file does not match the sha256 it was deployed with (or is not a labkit model file)."""
 
 
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_file = sha256_of  # one streaming file hash for data and models
 
 
 def _save_npz(path, meta: dict, arrays: dict) -> str:
