@@ -1,0 +1,22 @@
+"""Learner feedback: run a learner's function on fixed inputs, compare it with a reference, and
+answer in one sentence that points at the fix.
+
+    labkit.check.fgsm(fgsm)                 # prints "✓ fgsm: ..." or raises ExerciseFailed
+    labkit.check.fgsm_random_start(fn)      # the adversarial-training perturbation
+
+A check prints a `Feedback` and returns it when the function passes; it raises `ExerciseFailed`
+(an AssertionError, so nbval and pytest mark the cell as failed) with the diagnosis otherwise.
+One module per topic; the public calls stay `labkit.check.<exercise>(fn)`. Checks run on small
+seeded benches inside `torch.random.fork_rng()`, so running a check never changes the notebook's
+random numbers. In Jupyter a failed check shows its sentence first and hides the kit's frames.
+"""
+from .common import ExerciseFailed, Feedback
+from .evasion import adversarial_batch, fgsm, fgsm_random_start, perturb
+from .extraction import train_surrogate
+from .poisoning import spectral_signatures
+from .privacy import dp_sgd_epsilon, dp_sgd_step
+from .serving import api_key_lookup, sliding_window
+
+__all__ = ["ExerciseFailed", "Feedback", "fgsm", "fgsm_random_start", "adversarial_batch", "perturb",
+           "dp_sgd_step", "dp_sgd_epsilon", "train_surrogate", "api_key_lookup", "sliding_window",
+           "spectral_signatures"]
