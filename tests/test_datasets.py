@@ -102,15 +102,125 @@ url_sha256 = "00"
     assert "labkit data fetch toy" in message
 
 
+def _own_kit_manifest(tmp_path, monkeypatch, manifest: str):
+    """Stand in for the kit's own data/ folder (the trust anchor) with a manifest of the test's choosing."""
+    folder = tmp_path / "kit_data"
+    folder.mkdir(exist_ok=True)
+    (folder / "MANIFEST.toml").write_text(manifest)
+    monkeypatch.setattr(datasets, "KIT_DATA", folder)
+    return folder
+
+
 def test_pickled_payload_is_refused_even_with_a_matching_hash(tmp_path, monkeypatch):
-    folder = tmp_path / "data"
+    folder = tmp_path / "kit_data"
     folder.mkdir()
     evil = folder / "mnist.npz"
     np.savez(evil, x_train=np.array([object()], dtype=object), y_train=np.zeros(1))
-    manifest = f'[mnist]\ntitle = "m"\n[[mnist.files]]\npath = "mnist.npz"\nsha256 = "{_sha(evil)}"\n'
-    _own_data_dir(tmp_path, monkeypatch, manifest)
-    with pytest.raises(ValueError, match="allow_pickle"):
+    _own_kit_manifest(tmp_path, monkeypatch, f'[mnist]\ntitle = "m"\n[[mnist.files]]\npath = "mnist.npz"\n'
+                                             f'sha256 = "{_sha(evil)}"\n')
+    with pytest.raises(datasets.DatasetCorrupted, match="allow_pickle=False"):
         datasets.load("mnist")
+
+
+# ---- the kit's manifest is the trust anchor (red-team finding 4) --------------------------------
+
+def _relabelled_credit(folder):
+    """The kit's Taiwan credit table with every 'default' turned into 'repaid'."""
+    (folder / "credit").mkdir(parents=True, exist_ok=True)
+    src = datasets.KIT_DATA / "credit" / "taiwan_default_of_credit_card_clients.csv"
+    lines = src.read_text().splitlines()
+    relabelled = [lines[0]] + [line[:line.rindex(",")] + ",0" for line in lines[1:]]
+    target = folder / "credit" / src.name
+    target.write_text("\n".join(relabelled) + "\n")
+    return target
+
+
+def test_a_data_folder_manifest_cannot_override_a_known_hash(tmp_path, monkeypatch):
+    folder = tmp_path / "data"
+    target = _relabelled_credit(folder)
+    kit = (datasets.KIT_DATA / "MANIFEST.toml").read_text()
+    real = datasets.files("taiwan_credit")[0].sha256
+    _own_data_dir(tmp_path, monkeypatch, kit.replace(real, _sha(target)))  # the attacker's hash for its file
+    with pytest.warns(UserWarning, match="redefines the kit's dataset 'taiwan_credit'"):
+        with pytest.raises(datasets.DatasetCorrupted, match="does not match its sha256"):
+            datasets.load("taiwan_credit")
+
+
+def test_a_data_folder_may_declare_extra_datasets(tmp_path, monkeypatch):
+    folder = _own_data_dir(tmp_path, monkeypatch, "")
+    (folder / "extra.txt").write_text("hello")
+    (folder / "MANIFEST.toml").write_text(f'[extra]\ntitle = "x"\n[[extra.files]]\npath = "extra.txt"\n'
+                                          f'sha256 = "{_sha(folder / "extra.txt")}"\n')
+    assert "extra" in datasets.names() and "mnist" in datasets.names()
+    assert datasets.read_verified(datasets.files("extra")[0]) == b"hello"
+
+
+@pytest.mark.parametrize("path", ["../outside.txt", "sub/../../outside.txt", "/etc/hostname", "C:/x.txt", "~/x"])
+def test_a_manifest_path_may_not_leave_its_data_folder(tmp_path, monkeypatch, path):
+    (tmp_path / "outside.txt").write_text("secret")
+    _own_data_dir(tmp_path, monkeypatch, f'[leak]\ntitle = "x"\n[[leak.files]]\npath = "{path}"\n'
+                                         f'sha256 = "{_sha(tmp_path / "outside.txt")}"\n')
+    with pytest.raises(datasets.ManifestError, match="may not leave the folder"):
+        datasets.read_verified(datasets.files("leak")[0])
+
+
+def test_a_link_out_of_the_data_folder_is_not_followed(tmp_path, monkeypatch):
+    (tmp_path / "outside.txt").write_text("secret")
+    folder = _own_data_dir(tmp_path, monkeypatch, f'[leak]\ntitle = "x"\n[[leak.files]]\npath = "inside.txt"\n'
+                                                  f'sha256 = "{_sha(tmp_path / "outside.txt")}"\n')
+    (folder / "inside.txt").symlink_to(tmp_path / "outside.txt")
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(datasets.DatasetUnavailable):
+        datasets.read_verified(datasets.files("leak")[0], fetch=False)
+
+
+@pytest.mark.parametrize("text", ["[[[", "[toy]\ntitle = 1\n", b"\xff\xfe"])
+def test_a_malformed_manifest_is_one_sentence(tmp_path, monkeypatch, text):
+    folder = _own_data_dir(tmp_path, monkeypatch, "")
+    (folder / "MANIFEST.toml").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(datasets.ManifestError, match="MANIFEST.toml"):
+        datasets.names()
+
+
+def test_a_data_file_swapped_after_its_check_is_never_parsed(tmp_path, monkeypatch):
+    import builtins
+    import io
+
+    src = datasets.KIT_DATA / "credit" / "taiwan_default_of_credit_card_clients.csv"
+    folder = tmp_path / "kit_data"
+    (folder / "credit").mkdir(parents=True)
+    shutil.copy(src, folder / "credit" / src.name)
+    relabelled = _relabelled_credit(tmp_path / "evil").read_bytes()
+    kit = (datasets.KIT_DATA / "MANIFEST.toml").read_text()
+    _own_kit_manifest(tmp_path, monkeypatch, kit)
+    path, real_open, opened = folder / "credit" / src.name, builtins.open, []
+
+    def racing_open(file, mode="r", *args, **kwargs):  # the file is swapped between the first read and any later one
+        if str(file) == str(path) and "r" in str(mode):
+            if opened:
+                with real_open(path, "wb") as f:
+                    f.write(relabelled)
+            opened.append(1)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", racing_open)
+    monkeypatch.setattr(io, "open", racing_open)
+    try:
+        _, y = datasets.load("taiwan_credit", split="all")
+    except datasets.DatasetCorrupted:
+        return
+    assert y.sum() > 6000  # the real labels (6,636 defaults), not the relabelled file's zero
+
+
+def test_a_zip_member_is_sized_before_it_is_read(tmp_path):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x_train.npy", b"\0" * (4 << 20))  # 4 MiB of zeros: a few kB compressed
+    with pytest.raises(datasets.DatasetCorrupted, match="declares"):
+        datasets.npz_arrays(buf.getvalue(), ["x_train"], "bomb.npz", budget=1 << 20)
 
 
 @pytest.fixture

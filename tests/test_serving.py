@@ -222,11 +222,11 @@ def test_output_hardening_modes():
 
 def test_audit_log_is_a_hash_chain(tmp_path):
     path = tmp_path / "audit.jsonl"
-    log = AuditLog(path)
+    log = AuditLog(path, key=b"k" * 32)
     for i in range(5):
         log.write(client="alice", status=200, n=i)
-    AuditLog(path).write(client="bob", status=403)  # reopening continues the chain
-    assert AuditLog.verify(path)[0]
+    AuditLog(path, key=b"k" * 32).write(client="bob", status=403)  # reopening continues the chain
+    assert AuditLog.verify(path, key=b"k" * 32)[0]
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:2] + lines[3:]) + "\n")
     ok, line, sentence = AuditLog.verify(path)
@@ -269,7 +269,7 @@ def test_each_layer_answers_with_its_json_error(credit, tmp_path):
             assert r.status_code == 403 and r.json()["error"] == "unknown_key"
         r = http.post("/predict", json={"features": {**row, "AGE": 999}})
         assert r.status_code == 422 and r.json()["fields"] == ["features.AGE"]
-        r = http.post("/predict", content=b"[" * 70_000)
+        r = http.post("/predict", content=b"[" * 70_000, headers={"Content-Type": "application/json"})
         assert r.status_code == 413
         strange = make_credit_triggers(X.iloc[:8000], 5, seed=1).inputs  # in range, unlike any client
         r = http.post("/predict", json={"features": model.row(strange, 0)})
@@ -278,7 +278,7 @@ def test_each_layer_answers_with_its_json_error(credit, tmp_path):
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert api.state.stats()["outcomes"]["served"] == 1
     log = (tmp_path / "a.jsonl").read_text()
-    assert alice not in log and AuditLog.verify(tmp_path / "a.jsonl")[0]
+    assert alice not in log and AuditLog.verify(tmp_path / "a.jsonl", key=app.state.labkit.audit.key)[0]
     assert {rec["outcome"] for rec in AuditLog.read(tmp_path / "a.jsonl")} >= {
         "served", "missing_key", "unknown_key", "invalid_input", "payload_too_large", "out_of_distribution", "rate_limited"}
 

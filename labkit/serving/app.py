@@ -15,15 +15,20 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .layers import (AuditLog, Defences, KeyStore, OODDetector, QueryMonitor, RateLimiter,
                      describe_validation_error, harden, ood_features, request_models)
-from .models import load_model, sha256_file
+from .models import load_model_and_digest
 
 KEY_HEADER = "X-API-Key"
 
 STATUS = {"missing_key": 401, "unknown_key": 403, "key_suspended": 403, "rate_limited": 429,
           "payload_too_large": 413, "invalid_json": 400, "invalid_input": 422, "out_of_distribution": 422,
+          "unsupported_media_type": 415, "not_found": 404, "method_not_allowed": 405,
+          "client_disconnected": 499,  # recorded only: the client left before the answer (nginx's 499)
           "internal_error": 500}
 
 
@@ -65,9 +70,10 @@ class ServingState:
 
     def stats(self) -> dict:
         with self.lock:
-            lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+            lat = np.array(self.latencies_ms)
+            p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"), float("nan"))
             return {"requests": int(sum(self.outcomes.values())), "outcomes": dict(self.outcomes),
-                    "server_p50_ms": float(np.nanpercentile(lat, 50)), "server_p99_ms": float(np.nanpercentile(lat, 99))}
+                    "server_p50_ms": float(p50), "server_p99_ms": float(p99)}
 
 
 def _error(kind: str, detail: str, fields=None, headers=None, request_id: str = ""):
@@ -78,8 +84,8 @@ def _error(kind: str, detail: str, fields=None, headers=None, request_id: str = 
 
 
 def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None = None, reference=None,
-               sha256: str | None = None, audit_path=None, seed: int | None = 0, title: str = "labkit model API",
-               rate_limiter: RateLimiter | None = None):
+               sha256: str | None = None, audit_path=None, audit_key: bytes | str | None = None, audit_anchor=None,
+               seed: int | None = 0, title: str = "labkit model API", rate_limiter: RateLimiter | None = None):
     """A FastAPI app serving `model` (a model object, or the path of a file saved by model.save)
     behind the layers `defences` switches on.
 
@@ -88,6 +94,8 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
     sha256     the approved hash of the model file (needed with defences.integrity: the file is
                checked before anything in it is read, and a mismatch raises IntegrityError here)
     audit_path where the JSON-lines audit log goes (needed with defences.audit)
+    audit_key  the HMAC key that signs the log's anchor (held outside the log; default: a random key,
+               readable as app.state.labkit.audit.key); audit_anchor: where the anchor goes
     seed       seeds the output noise (None: fresh randomness)
     rate_limiter  a RateLimiter to use instead of the default one built from defences.rate_limit
     """
@@ -95,9 +103,8 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
     if isinstance(model, (str, Path)):
         if d.integrity and not sha256:
             raise ValueError("defences.integrity is on: pass sha256= (the hash recorded when the model was approved).")
-        path = Path(model)
-        model = load_model(path, sha256=sha256 if d.integrity else None)
-        digest = sha256 if d.integrity else sha256_file(path)
+        # one read: the bytes hashed are the bytes parsed (and the digest recorded is theirs)
+        model, digest = load_model_and_digest(Path(model), sha256=sha256 if d.integrity else None)
     else:
         if d.integrity:
             raise ValueError("defences.integrity checks a model FILE: pass the path of the saved model and its sha256, "
@@ -127,21 +134,29 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
                 raise ValueError("defences.prada_test='reference' needs reference= some clean inputs.")
             ref = QueryMonitor.reference_distances(model, reference, seed=seed or 0)
         state.monitor = QueryMonitor(extraction=d.detect_extraction, probing=d.detect_probing,
-                                     test=d.prada_test, reference=ref, ks_threshold=d.prada_ks_threshold,
+                                     test=d.prada_test if d.detect_extraction else "shapiro", reference=ref, ks_threshold=d.prada_ks_threshold,
                                      threshold=d.prada_threshold, min_queries=d.prada_min_queries,
                                      window=d.prada_window, probe_radius=radius or 0.0, probe_limit=d.probe_limit,
                                      probe_window=d.probe_window)
     if d.audit:
-        state.audit = AuditLog(audit_path)
+        state.audit = AuditLog(audit_path, key=audit_key, anchor_path=audit_anchor)
     state.single, state.batch = request_models(model, d)
 
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.redirect_slashes = False  # POST /predict/ is a 404 in the documented format, not an empty 307
     app.state.labkit = state
+    verbose = d.verbose_errors
 
     @app.get("/health")
     def health():
         return {"status": "ok", "model": type(model).__name__, "kind": model.kind, "classes": list(model.classes),
                 "layers": d.layers_on()}
+
+    def suspended(flag) -> Rejected:
+        detail = "This key is suspended: its query pattern looks like model " + flag.reason + "."
+        if verbose:  # the statistic and its threshold tell an attacker how far to back off
+            detail = f"This key was suspended after {flag.after_queries} queries: {flag.detail}."
+        return Rejected("key_suspended", detail + " Contact the API owner.")
 
     async def read_body(request: Request) -> bytes:
         if not d.schema:
@@ -163,7 +178,7 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
             try:
                 body = (state.batch if batch else state.single).model_validate_json(raw)
             except ValidationError as err:
-                kind, detail, where = describe_validation_error(err)
+                kind, detail, where = describe_validation_error(err, verbose)
                 raise Rejected(kind, detail, where) from None
             items = body.instances if batch else [body]
             if model.kind == "tabular":
@@ -176,7 +191,9 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
             return [{n: float(item["features"][n]) for n in model.feature_names} for item in items]
         return [item["text"] for item in items]
 
-    def handle(client: str, items: list, batch: bool, request_id: str) -> dict:
+    def handle(client: str, raw: bytes, batch: bool, request_id: str) -> tuple[int, dict]:
+        """Parse, check and score one request (in a worker thread: CPU work never blocks the event loop)."""
+        items = parse(raw, batch)
         if state.limiter is not None and batch:  # single requests were counted before the body was read
             ok, retry = state.limiter.acquire(client, cost=len(items))
             if not ok:
@@ -189,22 +206,27 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
             bad = np.flatnonzero(state.ood.is_ood(ood_features(model, X)))
             if len(bad):
                 where = ", ".join(str(i) for i in bad[:10]) if batch else "the input"
+                why = f" (Mahalanobis score above {state.ood.threshold:.2f})" if verbose else ""
                 raise Rejected("out_of_distribution",
-                               f"{where} {'are' if batch else 'is'} unlike the data this model was built for "
-                               f"(Mahalanobis score above {state.ood.threshold:.2f}); not scored.",
-                               [f"instances.{i}" for i in bad[:10]] if batch else [])
+                               f"{where} {'are' if batch else 'is'} unlike the data this model was built for{why}; "
+                               "not scored.", [f"instances.{i}" for i in bad[:10]] if batch else [])
         proba = model.predict_proba(X)
         if not np.all(np.isfinite(proba)):
             raise ValueError("the model returned non-finite probabilities")
         if state.monitor is not None:
             for f, label in zip(feats, proba.argmax(1)):
-                flag = state.monitor.observe(client, f, int(label))
-                if flag is not None:  # the request that tips a key over is refused too
-                    raise Rejected("key_suspended", f"This key was suspended after {flag.after_queries} queries: "
-                                   f"its query pattern looks like model {flag.reason} ({flag.detail}). "
-                                   "Contact the API owner.")
+                state.monitor.observe(client, f, int(label))
+            # checked here, where the answer is produced: a key suspended while this request was in
+            # flight (by this batch, a concurrent request or the owner) gets no answer
+            if (flag := state.monitor.flagged(client)) is not None:
+                raise suspended(flag)
         out = harden(proba, model.classes, d.output, d.round_digits, d.output_noise, state.rng)
-        return {"predictions": out, "request_id": request_id} if batch else {**out[0], "request_id": request_id}
+        return len(items), ({"predictions": out, "request_id": request_id} if batch
+                            else {**out[0], "request_id": request_id})
+
+    def json_body(request: Request) -> bool:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
     async def endpoint(request: Request, batch: bool):
         started = time.perf_counter()
@@ -220,37 +242,40 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
                     client = "unknown"
                     raise Rejected("unknown_key", "This API key is not valid.")
             elif request.client is not None:
-                client = request.client.host
+                client = request.client.host  # the socket's peer; forwarded headers only via serve(trusted_proxy=)
             if state.monitor is not None and (flag := state.monitor.flagged(client)):
-                raise Rejected("key_suspended", f"This key was suspended after {flag.after_queries} queries: "
-                               f"its query pattern looks like model {flag.reason} ({flag.detail}). "
-                               "Contact the API owner.")
+                raise suspended(flag)
+            if d.schema and not json_body(request):
+                # text/plain and form bodies are what a cross-site page can send without a CORS preflight
+                raise Rejected("unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
             if state.limiter is not None and not batch:
                 ok, retry = state.limiter.acquire(client)
                 if not ok:
                     raise Rejected("rate_limited", f"More than {state.limiter.limit} queries in {state.limiter.window_s:g} s; "
                                    f"retry in {retry:.1f} s.", headers={"Retry-After": str(max(1, int(np.ceil(retry))))})
             raw = await read_body(request)
-            items = parse(raw, batch)
-            n_items = len(items)
-            result = handle(client, items, batch, request_id)
+            n_items, result = await run_in_threadpool(handle, client, raw, batch, request_id)
             status, outcome, response = 200, "served", JSONResponse(result)
         except Rejected as rej:
             status, outcome = STATUS[rej.kind], rej.kind
             response = _error(rej.kind, rej.detail, rej.fields, rej.headers, request_id)
+        except ClientDisconnect:  # the client left mid-body: not a server error, and nobody reads an answer
+            status, outcome = STATUS["client_disconnected"], "client_disconnected"
+            response = _error("client_disconnected", "The client closed the connection before sending its body.",
+                              request_id=request_id)
         except Exception as err:  # noqa: BLE001 - a crash must still answer in JSON and reach the audit log
             status, outcome = 500, "internal_error"
-            response = _error("internal_error", f"The server failed on this input ({type(err).__name__}).",
-                              request_id=request_id)
+            response = _error("internal_error", f"The server failed on this input ({type(err).__name__})."
+                              if verbose else "The server failed on this input.", request_id=request_id)
         elapsed = (time.perf_counter() - started) * 1000
         with state.lock:
             state.outcomes[outcome] += 1
             state.latencies_ms.append(elapsed)
         if state.audit is not None:
-            state.audit.write(request_id=request_id, client=client, endpoint=request.url.path, status=status,
-                              outcome=outcome, items=n_items, body_bytes=len(raw),
-                              body_sha256=hashlib.sha256(raw).hexdigest() if raw else None,
-                              latency_ms=round(elapsed, 3))
+            await run_in_threadpool(
+                state.audit.write, request_id=request_id, client=client, endpoint=request.url.path, status=status,
+                outcome=outcome, items=n_items, body_bytes=len(raw),
+                body_sha256=hashlib.sha256(raw).hexdigest() if raw else None, latency_ms=round(elapsed, 3))
         return response
 
     @app.post("/predict")
@@ -261,10 +286,19 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
     async def predict_batch(request: Request):
         return await endpoint(request, batch=True)
 
-    @app.exception_handler(404)
-    async def not_found(request, exc):
-        return JSONResponse({"error": "not_found", "detail": f"No endpoint {request.url.path}; use POST /predict."},
-                            status_code=404)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """Routing errors in the documented format: 404 for unknown paths, 405 for a wrong method."""
+        request_id = uuid.uuid4().hex[:16]
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            return _error("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
+                          f"{'; use ' + allowed if allowed else ''}.", headers=exc.headers, request_id=request_id)
+        if exc.status_code == 404:
+            return _error("not_found", f"No endpoint {request.url.path}; use POST /predict, POST /predict/batch or "
+                          "GET /health.", request_id=request_id)
+        body = {"error": "http_error", "detail": str(exc.detail), "request_id": request_id}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     return app
 
@@ -301,18 +335,95 @@ class RunningServer:
             self.thread.join(timeout)
 
 
+def _default_max_connections() -> int:
+    """Open connections the server accepts: well below the process's file limit, so a flood of idle
+    sockets cannot starve it of descriptors (each connection holds one)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, min(1000, (soft if soft != resource.RLIM_INFINITY else 4096) - 128))
+
+
+def guarded_protocol(request_timeout: float, max_connections: int):
+    """uvicorn's h11 protocol with the two limits it lacks: a connection must deliver its whole
+    request (headers and body) within `request_timeout` seconds of opening, or of its previous
+    answer; and a connection beyond `max_connections` is closed at once. uvicorn's own
+    timeout_keep_alive only starts after a first answer, so a client that opens a socket and sends
+    nothing (or half its headers) would otherwise hold it for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    finished = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+
+    class GuardedH11Protocol(H11Protocol):
+        _request_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.close()  # frees the descriptor now; the client may retry later
+                return
+            self._arm()
+
+        def _arm(self):
+            self._disarm()
+            self._request_timer = self.loop.call_later(request_timeout, self._timed_out)
+
+        def _disarm(self):
+            if self._request_timer is not None:
+                self._request_timer.cancel()
+                self._request_timer = None
+
+        def _timed_out(self):
+            self._request_timer = None
+            if self.conn.their_state not in finished and not self.transport.is_closing():
+                self.transport.close()  # the app, if it was reading the body, sees a disconnect
+
+        def handle_events(self):
+            super().handle_events()
+            if self.conn.their_state in finished:
+                self._disarm()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state not in finished:
+                self._arm()  # the next request on this keep-alive connection gets the same deadline
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
 @contextlib.contextmanager
-def serve(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", start_timeout: float = 20.0):
+def serve(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", start_timeout: float = 20.0, *,
+          trusted_proxy: str | None = None, request_timeout: float = 10.0, keep_alive_s: int = 5,
+          max_connections: int | None = None, max_header_bytes: int = 16 * 1024):
     """Run `app` under uvicorn on host:port (port 0: a free one) in a background thread.
+
+    trusted_proxy    the address of a reverse proxy in front of the API; only then are its
+                     X-Forwarded-For / X-Forwarded-Proto headers believed, and only from it. Without
+                     one, a client is its socket address (uvicorn would otherwise trust those headers
+                     from any loopback client, so anyone could pick their own identity).
+    request_timeout  seconds a connection has to deliver a whole request (headers and body)
+    keep_alive_s     seconds an idle keep-alive connection stays open after an answer
+    max_connections  open connections accepted (default: well below the file-descriptor limit);
+                     also uvicorn's limit_concurrency (503 beyond it)
+    max_header_bytes the largest request head h11 buffers (431/400 beyond it)
 
     Yields a RunningServer (`.url`, `.client(key)`, `.state`); on leaving the block (also when it
     raises) the server shuts down and its thread is joined, so nothing keeps running."""
     import uvicorn
 
+    limit = max_connections or _default_max_connections()
     # uvicorn binds the socket itself (port 0: the system picks a free one); a socket bound here and
     # handed over costs about 40 ms per request on Linux (delayed ACKs), so that route is avoided.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=3)
+                            timeout_graceful_shutdown=3, http=guarded_protocol(request_timeout, limit),
+                            proxy_headers=trusted_proxy is not None, forwarded_allow_ips=trusted_proxy or "",
+                            timeout_keep_alive=keep_alive_s, limit_concurrency=limit,
+                            h11_max_incomplete_event_size=max_header_bytes)
     server = uvicorn.Server(config)
     errors = []
 
@@ -341,7 +452,8 @@ def serve(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning
 
 
 @contextlib.contextmanager
-def running(model, defences: Defences | None = None, **kwargs):
-    """create_app(model, defences, **kwargs) served on a free loopback port: `with running(...) as api:`."""
-    with serve(create_app(model, defences, **kwargs)) as server:
+def running(model, defences: Defences | None = None, *, serve_options: dict | None = None, **kwargs):
+    """create_app(model, defences, **kwargs) served on a free loopback port: `with running(...) as api:`
+    (serve_options: keyword arguments for serve, e.g. {"trusted_proxy": "10.0.0.2"})."""
+    with serve(create_app(model, defences, **kwargs), **(serve_options or {})) as server:
         yield server

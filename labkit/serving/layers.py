@@ -7,7 +7,7 @@
     OODDetector       Mahalanobis distance on model.ood_features (or .features), threshold = a stated clean false-reject rate
     QueryMonitor      per-key detection of extraction (PRADA, Juuti et al. 2019) and of probing
     harden            label only / rounded / noisy probabilities
-    AuditLog          append-only JSON lines, each line chained to the previous one by its sha256
+    AuditLog          append-only JSON lines chained by sha256; count and head signed (HMAC) in an anchor kept apart
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import secrets
 import threading
 import time
@@ -56,6 +57,7 @@ class Defences:
     probe_radius: float | None = None  # "near" in feature space; None = calibrated from reference data
     probe_limit: int = 10              # near-duplicates within the last probe_window queries that flag a key
     probe_window: int = 50
+    verbose_errors: bool = False       # errors name learned ranges, the OOD threshold, detector statistics (labs, debugging)
 
     def __post_init__(self):
         if self.output not in OUTPUT_MODES:
@@ -75,8 +77,10 @@ class Defences:
 
     @classmethod
     def all(cls, **overrides) -> "Defences":
+        # PRADA's reference test, not Shapiro-Wilk: on real clients' streams a fixed W threshold flags honest keys
+        # (see QueryMonitor); the reference test's false-flag rate is measured in tests/test_serving_prada.py.
         base = cls(schema=True, auth=True, rate_limit=600, ood=True, output="rounded", audit=True, integrity=True,
-                   detect_extraction=True, detect_probing=True)
+                   detect_extraction=True, detect_probing=True, prada_test="reference")
         return replace(base, **overrides)
 
     def but(self, **changes) -> "Defences":
@@ -117,13 +121,24 @@ def request_models(model, defences: Defences):
     return Single, Batch
 
 
-def describe_validation_error(err) -> tuple[str, str, list[str]]:
-    """(error kind, one readable sentence, fields) from a pydantic ValidationError."""
+# Pydantic messages that state a learned bound ("less than or equal to 1000000"): quiet mode hides the number.
+BOUND_ERRORS = {"less_than", "less_than_equal", "greater_than", "greater_than_equal", "finite_number"}
+
+
+def describe_validation_error(err, verbose: bool = False) -> tuple[str, str, list[str]]:
+    """(error kind, one readable sentence, fields) from a pydantic ValidationError. Unless `verbose`,
+    a range error names the field but not the learned bound (the bound is part of the decision
+    surface an attacker is mapping)."""
     errors = err.errors(include_url=False, include_input=False)
+    for e in errors:
+        if e["type"] == "json_invalid" and "number out of range" in e["msg"]:
+            # valid JSON (the grammar has no size limit), but no number the model can take
+            return "invalid_input", "body: a number in the body has too many digits.", ["body"]
     if any(e["type"] == "json_invalid" for e in errors):
         return "invalid_json", "The body is not valid JSON.", []
     where = [".".join(str(p) for p in e["loc"]) or "body" for e in errors]
-    parts = [f"{w}: {e['msg']}" for w, e in zip(where, errors)][:5]
+    msgs = [e["msg"] if verbose or e["type"] not in BOUND_ERRORS else "outside the accepted range" for e in errors]
+    parts = [f"{w}: {m}" for w, m in zip(where, msgs)][:5]
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "invalid_input", "; ".join(parts) + more, where
 
@@ -356,6 +371,13 @@ class QueryMonitor:
     def flagged(self, client: str) -> Flag | None:
         return self.flags.get(client)
 
+    def suspend(self, client: str, reason: str = "manual", detail: str = "suspended by the API owner") -> Flag:
+        """Suspend a key by hand (e.g. after an alert); requests in flight are refused too."""
+        with self._lock:
+            flag = self.flags.setdefault(client, Flag(client, reason, self._hist[client].queries if client in
+                                                      self._hist else 0, detail))
+        return flag
+
     def statistic(self, client: str) -> float | None:
         """The latest test statistic of a key (W for shapiro, KS for reference), or None."""
         return self._hist[client].last_w if client in self._hist else None
@@ -477,44 +499,111 @@ def harden(proba: np.ndarray, classes, mode: str = "probabilities", digits: int 
 
 class AuditLog:
     """Append-only JSON lines. Each record carries `prev`, the sha256 of the line before it, so
-    deleting or editing a line breaks the chain (`AuditLog.verify`). Records hold the client
-    name, never its key; inputs are stored as a sha256 digest, not in clear."""
+    deleting or editing a line breaks the chain. The chain alone proves nothing about its END:
+    truncating the log, emptying it or rewriting every line still "verifies". So the number of
+    lines and the hash of the last one (the head) are kept apart, in an anchor file (default
+    `<log>.anchor`; put it on another volume or ship it off the machine), signed with an HMAC
+    whose key is held outside the log (`key`; a random one per process when not given).
+    `AuditLog.verify(path, key)` checks the chain, the anchor's signature, and that the log ends
+    exactly where the anchor says. Writers (threads or processes) take an exclusive fcntl lock on
+    the log and read the head from the anchor, so several writers keep one honest chain.
+
+    Records hold the client name, never its key; inputs are stored as a sha256 digest, not in clear."""
 
     GENESIS = "0" * 64
 
-    def __init__(self, path):
+    def __init__(self, path, key: bytes | str | None = None, anchor_path=None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.anchor_path = Path(anchor_path) if anchor_path else self.default_anchor(self.path)
+        self.key = key.encode("utf-8") if isinstance(key, str) else (key or secrets.token_bytes(32))
         self._lock = threading.Lock()
-        self._prev = self.GENESIS
-        if self.path.exists():
-            lines = self.path.read_bytes().splitlines()
-            if lines:
-                self._prev = hashlib.sha256(lines[-1]).hexdigest()
+        with self._locked():
+            if self._read_anchor() is None and self.path.exists() and self.path.stat().st_size:
+                raise ValueError(f"{self.path} already holds records but has no anchor at {self.anchor_path}: "
+                                 "verify and archive the old log, or pass its anchor_path.")
+
+    @staticmethod
+    def default_anchor(path) -> Path:
+        path = Path(path)
+        return path.with_name(path.name + ".anchor")
+
+    @staticmethod
+    def _sign(key: bytes, count: int, head: str) -> str:
+        return hmac.new(key, f"labkit-audit:{count}:{head}".encode(), hashlib.sha256).hexdigest()
+
+    def _read_anchor(self) -> dict | None:
+        try:
+            return json.loads(self.anchor_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def _locked(self):
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def lock():
+            with self._lock, open(self.path, "ab") as f:  # threads of this process, then other processes
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield f
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return lock()
 
     def write(self, **record) -> None:
-        with self._lock:
-            record = {"ts": round(time.time(), 6), **record, "prev": self._prev}
-            line = json.dumps(record, sort_keys=True, default=str)
-            with open(self.path, "a", encoding="utf-8") as f:  # opened per record: nothing stays open
-                f.write(line + "\n")
-            self._prev = hashlib.sha256(line.encode("utf-8")).hexdigest()
+        with self._locked() as f:
+            anchor = self._read_anchor() or {"count": 0, "head": self.GENESIS}
+            count, prev = int(anchor["count"]), str(anchor["head"])
+            line = json.dumps({"ts": round(time.time(), 6), **record, "prev": prev}, sort_keys=True,
+                              default=str).encode("utf-8")
+            f.write(line + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            head = hashlib.sha256(line).hexdigest()
+            tmp = self.anchor_path.with_name(self.anchor_path.name + ".tmp")
+            tmp.write_text(json.dumps({"count": count + 1, "head": head,
+                                       "hmac": self._sign(self.key, count + 1, head)}), encoding="utf-8")
+            os.replace(tmp, self.anchor_path)  # atomic: a reader sees the old anchor or the new one
 
     @staticmethod
     def read(path) -> list[dict]:
         return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
     @classmethod
-    def verify(cls, path) -> tuple[bool, int, str]:
-        """(intact, lines checked, sentence): walks the hash chain from the first line."""
+    def verify(cls, path, key: bytes | str | None = None, anchor_path=None) -> tuple[bool, int, str]:
+        """(intact, lines checked, sentence). Walks the hash chain from the first line; with `key`,
+        also checks that the anchor is signed with it and that the log ends where the anchor says
+        (without the key only the chain is checked, which a rewrite of the whole log passes)."""
         prev = cls.GENESIS
-        lines = Path(path).read_bytes().splitlines()
+        path = Path(path)
+        lines = path.read_bytes().splitlines() if path.exists() else []
         for number, raw in enumerate(lines, start=1):
             try:
                 record = json.loads(raw)
             except json.JSONDecodeError:
                 return False, number, f"line {number} is not JSON: the log was edited"
-            if record.get("prev") != prev:
+            if not isinstance(record, dict) or record.get("prev") != prev:
                 return False, number, f"line {number} does not follow line {number - 1}: a line was removed or edited"
             prev = hashlib.sha256(raw).hexdigest()
-        return True, len(lines), f"all {len(lines)} lines chain correctly"
+        if key is None:
+            return True, len(lines), (f"all {len(lines)} lines chain correctly (chain only: pass the key to check "
+                                      "the anchor; without it a truncated or rewritten log cannot be detected)")
+        key = key.encode("utf-8") if isinstance(key, str) else key
+        anchor_file = Path(anchor_path) if anchor_path else cls.default_anchor(path)
+        try:
+            anchor = json.loads(anchor_file.read_text(encoding="utf-8"))
+            count, head, mac = int(anchor["count"]), str(anchor["head"]), str(anchor["hmac"])
+        except FileNotFoundError:
+            return False, len(lines), f"no anchor at {anchor_file}: the log's end cannot be checked"
+        except (ValueError, KeyError, TypeError):
+            return False, len(lines), f"the anchor {anchor_file.name} is malformed: it was edited"
+        if not hmac.compare_digest(mac, cls._sign(key, count, head)):
+            return False, len(lines), "the anchor's signature does not match this key: the anchor was forged or edited"
+        if len(lines) != count or prev != head:
+            what = ("lines were removed from the end" if len(lines) < count else
+                    "lines were added after the last signed one" if len(lines) > count else "the log was rewritten")
+            return False, len(lines), (f"the log has {len(lines)} lines ending in {prev[:12]}..., the signed anchor "
+                                       f"says {count} ending in {head[:12]}...: {what}")
+        return True, len(lines), f"all {len(lines)} lines chain correctly and end where the signed anchor says"

@@ -20,7 +20,11 @@ than chance (binomial test).
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..datasets import sha256_of
+from ..datasets import DatasetCorrupted, npz_arrays, sha256_of
 
 FORMAT_VERSION = 1
 
@@ -159,6 +163,23 @@ class CreditModel:
             arrays[f"w{i}"], arrays[f"b{i}"] = w, b
         return _save_npz(path, meta, arrays)
 
+    def _check(self) -> None:
+        """Shapes that fit together and finite numbers (a loaded file must not be trusted on its word)."""
+        d = len(self.feature_names)
+        if not d or not all(isinstance(n, str) for n in self.feature_names):
+            raise ValueError("feature_names must be a non-empty list of strings")
+        if not (self.log_columns.shape == self.mean.shape == self.std.shape == (d,)) or len(self.ranges) != d:
+            raise ValueError(f"log_columns, mean, std and ranges must each have one entry per feature ({d})")
+        width = d
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if w.ndim != 2 or w.shape[0] != width or b.shape != (w.shape[1],):
+                raise ValueError(f"layer {i}: weights {w.shape} and biases {b.shape} do not follow a width of {width}")
+            width = w.shape[1]
+        if width != 1:
+            raise ValueError(f"the last layer has {width} outputs; the credit model has one logit")
+        if not all(np.all(np.isfinite(a)) for a in [self.mean, self.std, *self.weights, *self.biases]):
+            raise ValueError("the weights hold NaN or infinity")
+
     @classmethod
     def _from_npz(cls, meta, arrays):
         n = meta["layers"]
@@ -269,6 +290,20 @@ class SentimentModel:
                 "ngram_range": list(self.ngram_range)}
         return _save_npz(path, meta, {"idf": self.idf, "coef": self.coef, "components": self.components})
 
+    def _check(self) -> None:
+        """Shapes that fit together and finite numbers (a loaded file must not be trusted on its word)."""
+        n = len(self.idf)
+        if self.idf.ndim != 1 or self.coef.shape != (n,) or self.components.ndim != 2 or self.components.shape[1] != n:
+            raise ValueError(f"idf {self.idf.shape}, coef {self.coef.shape} and components {self.components.shape} "
+                             "do not fit one vocabulary")
+        if any(not 0 <= i < n for i in self.vocabulary.values()):
+            raise ValueError(f"the vocabulary points outside the {n} weights")
+        if len(self.ngram_range) != 2 or not all(isinstance(k, int) and 1 <= k <= 5 for k in self.ngram_range):
+            raise ValueError(f"ngram_range {self.ngram_range!r} is not a pair of small integers")
+        if not all(np.all(np.isfinite(a)) for a in (self.idf, self.coef, self.components)) or \
+                not np.isfinite(self.intercept):
+            raise ValueError("the weights hold NaN or infinity")
+
     @classmethod
     def _from_npz(cls, meta, arrays):
         return cls(meta["vocabulary"], arrays["idf"], arrays["coef"], meta["intercept"], arrays["components"],
@@ -301,32 +336,75 @@ def train_sentiment_model(texts: Sequence[str], labels, seed: int = 0, C: float 
 
 MODEL_TYPES = {"CreditModel": CreditModel, "SentimentModel": SentimentModel}
 
+MAX_MODEL_BYTES = 256 << 20   # a labkit model file is a few MB; anything far larger is refused unread
+MAX_META_BYTES = 16 << 20     # the JSON metadata (a sentiment model's vocabulary is well under 1 MB)
+
+
+def _expected_arrays(meta: dict) -> list[str]:
+    """The arrays a model of this type is made of: only these are read from the archive."""
+    if meta["type"] == "CreditModel":
+        n = meta["layers"]
+        if not isinstance(n, int) or not 1 <= n <= 16:
+            raise ValueError(f"layers={n!r} is not a small positive integer")
+        return ["log_columns", "mean", "std"] + [f"{p}{i}" for i in range(n) for p in ("w", "b")]
+    return ["idf", "coef", "components"]
+
+
+def _parse_model_bytes(data: bytes, name: str):
+    """A model from the bytes of a saved file. Every defect of the file is an IntegrityError with a sentence."""
+    try:
+        meta_blob = npz_arrays(data, ["__meta__"], name, MAX_META_BYTES)["__meta__"]
+    except DatasetCorrupted as err:
+        if "pickled" in str(err):
+            raise IntegrityError(f"{name} holds pickled objects; labkit model files never do. Refusing it.") from None
+        raise IntegrityError(f"{name} is not a labkit model file: {err} Save models with model.save(path).") from None
+    try:
+        meta = json.loads(meta_blob.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IntegrityError(f"{name}: the metadata is not UTF-8 JSON ({type(err).__name__}); the file is damaged "
+                             "or was not written by model.save().") from None
+    if not isinstance(meta, dict) or meta.get("type") not in MODEL_TYPES:
+        kind = meta.get("type") if isinstance(meta, dict) else type(meta).__name__
+        raise IntegrityError(f"{name}: unknown model type {kind!r}; known: {', '.join(MODEL_TYPES)}.")
+    try:
+        arrays = npz_arrays(data, _expected_arrays(meta), name, MAX_MODEL_BYTES)
+        model = MODEL_TYPES[meta["type"]]._from_npz(meta, arrays)
+        model._check()
+    except DatasetCorrupted as err:
+        raise IntegrityError(f"{err} It is not a complete {meta['type']} file; refusing it (save the model again "
+                             "with model.save(path)).") from None
+    except Exception as err:  # noqa: BLE001 - KeyError, TypeError, ValueError ... from a malformed file
+        raise IntegrityError(f"{name}: the {meta['type']} in it is malformed ({type(err).__name__}: {err}). "
+                             "Refusing it; save the model again with model.save(path).") from None
+    return model
+
 
 def load_model(path, sha256: str | None = None):
-    """Load a model saved by `.save()`. With `sha256`, the file's hash is checked first and a
-    mismatch raises IntegrityError (nothing in the file is parsed). Never unpickles."""
+    """Load a model saved by `.save()`. The file is read ONCE; with `sha256`, those bytes are hashed
+    and a mismatch raises IntegrityError before anything in them is parsed, and the same bytes are
+    parsed (a file swapped on disk after the check is never served). Only the arrays the model type
+    needs are read, each after its declared size is checked. Never unpickles."""
+    return load_model_and_digest(path, sha256)[0]
+
+
+def load_model_and_digest(path, sha256: str | None = None):
+    """(model, sha256 of the very bytes it was parsed from): see load_model."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}; save one with model.save({str(path)!r}).")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size  # asked first: read(n) would reserve n bytes up front
+        data = f.read(size + 1) if size <= MAX_MODEL_BYTES else b""
+    if not data and size or len(data) > MAX_MODEL_BYTES:
+        raise IntegrityError(f"{path.name} is larger than {MAX_MODEL_BYTES >> 20} MiB; labkit model files are a few "
+                             "MB. Refusing to read it.")
+    actual = hashlib.sha256(data).hexdigest()
     if sha256 is not None:
-        actual = sha256_file(path)
-        if actual != sha256.lower():
+        if not hmac.compare_digest(actual, str(sha256).lower()):
             raise IntegrityError(
-                f"{path.name}: sha256 {actual[:16]}... does not match the deployed {sha256[:16]}...: the file was "
+                f"{path.name}: sha256 {actual[:16]}... does not match the deployed {str(sha256)[:16]}...: the file was "
                 f"changed after it was approved. Refusing to serve it; restore the approved file or re-approve it.")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except ValueError as err:  # object arrays need pickle: refused
-        raise IntegrityError(f"{path.name} holds pickled objects; labkit model files never do. Refusing it.") from err
-    except Exception as err:
-        raise IntegrityError(f"{path.name} is not a labkit model file ({type(err).__name__}: {err}).") from err
-    if "__meta__" not in arrays:
-        raise IntegrityError(f"{path.name} has no labkit metadata; save models with model.save(path).")
-    meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
-    if meta.get("type") not in MODEL_TYPES:
-        raise IntegrityError(f"{path.name}: unknown model type {meta.get('type')!r}.")
-    return MODEL_TYPES[meta["type"]]._from_npz(meta, arrays)
+    return _parse_model_bytes(data, path.name), actual
 
 
 # ---------------------------------------------------------------------------------------------
