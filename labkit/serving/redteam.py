@@ -9,6 +9,8 @@ attack failed to reach its goal in the lab's time window, `detail` says what hap
     ood_probe                 schema-valid rows unlike any real client
     evasion                   greedy search for the smallest change that flips "default" to "repaid"
     extraction                synthetic queries from a few owned rows, then a surrogate model
+    load                      a timed mixed load (clients, flood, fuzzing, half-sent bodies, idle sockets)
+                              on 127.0.0.1, meant to run as a separate process (`python -m ... load`)
 """
 from __future__ import annotations
 
@@ -215,3 +217,110 @@ def extraction(api, key, seed_rows: list[dict], budget: int, eval_matrix, target
     return AttackResult("extraction", not ok, detail, len(y), codes,
                         {"fidelity": fidelity, "answered": len(y), "surrogate": surrogate if len(y) >= 50 and
                          len(set(y)) == 2 else None})
+
+
+# ---------------------------------------------------------------------------------------------
+# Load from a separate process: `python -m labkit.serving.redteam load < plan.json`
+# ---------------------------------------------------------------------------------------------
+
+def load(plan: dict) -> dict:
+    """Drive a running API on 127.0.0.1 for `plan["duration_s"]` seconds with the plan's workers, each
+    a thread of THIS process (run it as a separate process, so the load does not share the server's
+    interpreter). A worker: {"name", "key" (or null), "requests": [{"path", "body" (text) or
+    "json", "content_type", "headers", "expect" (error kind or null)}], "max" (requests),
+    "pace_s", "threads", "raw": "half_body" | "idle" (socket tricks instead of HTTP requests)}.
+    Returns requests, elapsed_s, p50/p99 client latency (ms), status counts overall and per worker,
+    and the first problems seen (5xx, a non-JSON error, an error without its kind, a wrong kind)."""
+    import socket
+    import threading
+    import time
+    from urllib.parse import urlparse
+
+    url = urlparse(plan["url"])
+    if url.hostname != "127.0.0.1":  # a load generator that can only hit this machine
+        raise SystemExit(f"refusing to send load to {url.hostname}: only 127.0.0.1 is allowed")
+    stop_at = time.monotonic() + float(plan.get("duration_s", 3.0))
+    lock, records, problems = threading.Lock(), [], []
+
+    def note(worker, status, ms, problem=None):
+        with lock:
+            records.append((worker, status, ms))
+            if problem and len(problems) < 20:
+                problems.append(f"{worker}: {problem}")
+
+    def http_worker(w, offset):
+        headers = {"X-API-Key": w["key"]} if w.get("key") else {}
+        with httpx.Client(base_url=plan["url"], headers=headers, timeout=10) as http:
+            n = 0
+            while time.monotonic() < stop_at and n < w.get("max", 10**9):
+                req = w["requests"][(offset + n) % len(w["requests"])]
+                h = dict(req.get("headers") or {})
+                h.setdefault("Content-Type", req.get("content_type", "application/json"))
+                content = req["body"].encode("utf-8", "surrogateescape") if "body" in req else json.dumps(req["json"])
+                started = time.perf_counter()
+                try:
+                    r = http.post(req.get("path", "/predict"), content=content, headers=h)
+                except httpx.HTTPError as err:
+                    note(w["name"], "transport_error", (time.perf_counter() - started) * 1000, repr(err))
+                    n += 1
+                    continue
+                ms = (time.perf_counter() - started) * 1000
+                problem = None
+                try:
+                    body = r.json()
+                except ValueError:
+                    body, problem = {}, f"non-JSON answer {r.status_code} {r.text[:60]!r}"
+                if r.status_code >= 500:
+                    problem = f"server error {r.status_code} {body}"
+                elif r.status_code >= 400 and "error" not in body:
+                    problem = problem or f"error without its kind: {r.status_code} {body}"
+                elif req.get("expect") and body.get("error") != req["expect"]:
+                    problem = f"expected {req['expect']}, got {r.status_code} {body.get('error')}"
+                note(w["name"], r.status_code, ms, problem)
+                n += 1
+                if w.get("pace_s"):
+                    time.sleep(w["pace_s"])
+
+    def raw_worker(w, offset):
+        n = 0
+        while time.monotonic() < stop_at and n < w.get("max", 10**9):
+            started = time.perf_counter()
+            sock = socket.create_connection((url.hostname, url.port), timeout=5)
+            if w["raw"] == "half_body":  # promise 1,000 bytes, send 10, leave
+                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 1000\r\n" + (f"X-API-Key: {w['key']}\r\n".encode() if w.get("key")
+                                                             else b"") + b"\r\n" + b'{"features"')
+            else:  # idle: open and say nothing for a while
+                time.sleep(w.get("hold_s", 0.5))
+            sock.close()
+            note(w["name"], w["raw"], (time.perf_counter() - started) * 1000)
+            n += 1
+            time.sleep(w.get("pace_s", 0.05))
+
+    threads = []
+    for w in plan["workers"]:
+        for k in range(w.get("threads", 1)):
+            target = raw_worker if w.get("raw") else http_worker
+            threads.append(threading.Thread(target=target, args=(w, 997 * k), daemon=True))
+    t0 = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join(float(plan.get("duration_s", 3.0)) + 30) for t in threads]
+    elapsed = time.perf_counter() - t0
+    http_ms = np.array([ms for _, status, ms in records if isinstance(status, int)])
+    counts, per_worker = Counter(), {}
+    for worker, status, _ in records:
+        counts[str(status)] += 1
+        per_worker.setdefault(worker, Counter())[str(status)] += 1
+    return {"requests": len(http_ms), "raw_connections": len(records) - len(http_ms), "elapsed_s": elapsed,
+            "p50_ms": float(np.percentile(http_ms, 50)) if len(http_ms) else float("nan"),
+            "p99_ms": float(np.percentile(http_ms, 99)) if len(http_ms) else float("nan"),
+            "status_counts": dict(counts), "per_worker": {k: dict(v) for k, v in per_worker.items()},
+            "problems": problems, "threads_left": sum(t.is_alive() for t in threads)}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["load"]:
+        raise SystemExit("usage: python -m labkit.serving.redteam load < plan.json  (prints the figures as JSON)")
+    print(json.dumps(load(json.load(sys.stdin))))
