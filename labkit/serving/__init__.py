@@ -22,17 +22,26 @@ The HTTP API (JSON in, JSON out):
     Errors: {"error": kind, "detail": sentence, "fields": [...], "request_id": ...} with
         401 missing_key, 403 unknown_key, 403 key_suspended (flagged by the query monitor),
         429 rate_limited (Retry-After header), 413 payload_too_large, 400 invalid_json,
-        422 invalid_input (names the field), 422 out_of_distribution, 500 internal_error.
-    The key travels in the X-API-Key header.
+        415 unsupported_media_type (with schema: the body must be Content-Type application/json),
+        422 invalid_input (names the field), 422 out_of_distribution, 404 not_found (also for a
+        trailing slash: no redirects), 405 method_not_allowed (Allow header), 500 internal_error.
+        A client that leaves mid-body is recorded as client_disconnected (499), not as an error of ours.
+        Details are quiet by default: a range error names the field, not the learned bound; an OOD
+        refusal and a suspension give no threshold or statistic. Defences(verbose_errors=True) shows
+        them (a lab, or debugging), which hands an attacker the decision boundary.
+    The key travels in the X-API-Key header. Without auth, a client is its socket address:
+    X-Forwarded-For is believed only from a declared proxy (serve(app, trusted_proxy="10.0.0.2")).
 
 Defences (a frozen dataclass; `Defences()` = undefended, `Defences.all()` = every layer,
 `d.but(output="label")` = a changed copy): schema, max_body_bytes, auth, rate_limit /
 rate_window_s, ood / ood_false_reject_rate, output ("probabilities", "rounded", "label"),
-round_digits, output_noise, audit, integrity, detect_extraction (PRADA: prada_test "shapiro" with
+round_digits, output_noise, audit, integrity, verbose_errors, detect_extraction (PRADA: prada_test "shapiro" with
 prada_threshold on W, or "reference" with prada_ks_threshold on a KS test against simulated clean
 streams of the reference= inputs; prada_min_queries, prada_window), detect_probing (probe_radius,
-probe_limit, probe_window). The request during which a key is flagged, and every later one,
-gets 403 key_suspended;
+probe_limit, probe_window). `Defences.all()` uses the reference test: on long streams of real clients
+the published Shapiro-Wilk threshold flags honest keys. The request during which a key is flagged,
+every later one, and every request still in flight when it is flagged (checked where the answer
+is produced) get 403 key_suspended;
 `api.state.monitor.flags` holds the Flag (client, reason, after_queries, detail) and
 `api.state.monitor.statistic(client)` the latest W or KS value.
 
@@ -55,6 +64,18 @@ Example (what lab 05 does):
 
     # or in two steps: app = create_app(model, defences, keys=keys); with serve(app) as api: ...
     # integrity: sha = model.save("m.npz"); create_app("m.npz", Defences(integrity=True), sha256=sha)
+    # (the file is read once: the bytes hashed are the bytes parsed; only the model's arrays are read)
+
+`serve()` sets the limits uvicorn does not: a connection must deliver its whole request within
+`request_timeout` (10 s), open connections are capped below the file-descriptor limit
+(`max_connections`, also uvicorn's limit_concurrency), headers are limited to 16 kB, and
+scoring runs in a worker thread so a large request never stalls the event loop.
+
+The audit log (`Defences(audit=True)`, `audit_path=`) chains each line to the previous one by
+sha256 and signs the line count and the last hash with an HMAC key held outside the log
+(`audit_key=`, default a random key in `api.state.audit.key`), in an anchor file kept apart
+(`audit_anchor=`, default `<log>.anchor`): `AuditLog.verify(path, key=...)` then detects a
+truncated, emptied or rewritten log. Writers hold an fcntl lock, so processes can share a log.
 
 `api.state` (a ServingState) also has `stats()` (requests, outcomes by kind, server-side p50/p99
 ms) and `reset_clients()` (forget rate-limit windows, query histories and suspensions).
