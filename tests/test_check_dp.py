@@ -47,6 +47,8 @@ def make(clip_mode="flat", noise_mode="right", divide=1):
                 summed = g.mean(0) * b
             if noise_mode == "right":
                 summed = summed + _noise(summed.shape, noise_multiplier * max_grad_norm, generator)
+            elif noise_mode == "no_sigma":
+                summed = summed + _noise(summed.shape, max_grad_norm, generator)
             elif noise_mode == "sigma_only":
                 summed = summed + _noise(summed.shape, noise_multiplier, generator)
             elif noise_mode == "per_example":
@@ -85,7 +87,8 @@ def test_a_list_in_parameter_order_is_accepted():
     (make(clip_mode="always"), "clipping only shrinks"),
     (make(divide=0), "did not divide by the batch size"),
     (make(divide=2), "divided by the batch size twice"),
-    (make(clip_mode="per_layer"), "clipped each parameter tensor separately|did not clip each example"),
+    (make(clip_mode="per_layer"), "clipped each parameter tensor separately"),
+    (make(noise_mode="no_sigma"), "ignores noise_multiplier"),
     (make(noise_mode="none"), "no noise was added"),
     (make(noise_mode="sigma_only"), "scale it by max_grad_norm"),
     (make(noise_mode="after_mean"), "not divided by the batch size"),
@@ -119,3 +122,20 @@ def test_the_check_leaves_the_global_random_state_alone():
     torch.manual_seed(5)
     check.dp_sgd_step(make())
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_per_layer_clipping_and_sigma_free_noise_are_not_called_missing_clipping():
+    for fn in (make(clip_mode="per_layer"), make(noise_mode="no_sigma")):
+        with pytest.raises(check.ExerciseFailed) as err:
+            check.dp_sgd_step(fn)
+        assert "did not clip each example" not in str(err.value)
+
+
+def test_calling_the_kits_own_step_is_named():
+    from labkit import privacy
+
+    def reference(model, x, y, max_grad_norm, noise_multiplier, generator=None):
+        return privacy.opacus_dp_gradient(model, x, y, max_grad_norm, noise_multiplier, generator)
+
+    with pytest.raises(check.ExerciseFailed, match="kit's own answer"):
+        check.dp_sgd_step(reference)

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from .common import Feedback, fail
+from .common import TODO_MESSAGE, Feedback, check_signature, fail, reference_used, watch_for
 
 _POSITIVE_WORDS = ("gripping", "charming", "moving", "witty", "superb", "tender", "clever", "lovely", "bold",
                    "delightful", "smart", "warm", "fresh", "vivid", "graceful", "honest", "rich", "playful")
@@ -69,6 +69,7 @@ def train_surrogate(fn: Callable) -> Feedback:
     if not callable(fn):
         fail(exercise, f"pass your function itself, e.g. check.{exercise}({exercise}), not a {type(fn).__name__}.")
     texts, p, eval_texts = _surrogate_bench()
+    check_signature(exercise, fn, (texts, p), "train_surrogate(texts, p_positive)")
     reference = extraction.fit_surrogate(texts, p)
     ref_labels = reference.predict(eval_texts)
     ref_p = reference.predict_proba(eval_texts)[:, 1]
@@ -76,10 +77,12 @@ def train_surrogate(fn: Callable) -> Feedback:
 
     def run(t, answers):
         given, t_before = list(t), list(t)
+        watch = watch_for([(extraction.fit_surrogate, "labkit.extraction.fit_surrogate")])
         try:
-            model = fn(given, np.array(answers, copy=True))
+            with watch:
+                model = fn(given, np.array(answers, copy=True))
         except NotImplementedError as e:
-            fail(exercise, "this exercise is still TODO: replace the `raise NotImplementedError` line with your code.", e)
+            fail(exercise, TODO_MESSAGE, e)
         except ValueError as e:
             if "Unknown label type" in str(e) or "continuous" in str(e):
                 fail(exercise, "LogisticRegression needs class labels, not probabilities: list every text twice, "
@@ -88,6 +91,8 @@ def train_surrogate(fn: Callable) -> Feedback:
             fail(exercise, f"your function raised ValueError: {e}", e)
         except Exception as e:  # noqa: BLE001
             fail(exercise, f"your function raised {type(e).__name__}: {e}", e)
+        if watch.hit:
+            reference_used(exercise, watch.hit)
         if given != t_before:
             fail(exercise, "your function changed the list of texts it was given: build a new list (texts + texts).")
         return model

@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common import Feedback, fail
+from .common import Feedback, call, fail
 
 
 def _spectral_bench(seed: int, n: int = 300, d: int = 12, n_poison: int = 18) -> np.ndarray:
@@ -50,15 +50,11 @@ def spectral_signatures(fn: Callable) -> Feedback:
     from ..poisoning import spectral_signature_scores as reference
 
     exercise = "spectral_signatures"
-    if not callable(fn):
-        fail(exercise, "pass your function itself, e.g. check.spectral_signatures(spectral_signatures).")
     for seed in (0, 1):
         reps = _spectral_bench(seed)
         before = reps.copy()
-        try:
-            out = fn(reps.copy())
-        except NotImplementedError as e:
-            fail(exercise, "this exercise is still TODO: replace the `raise NotImplementedError` line with your code.", e)
+        out = call(exercise, fn, (reps.copy(),), "spectral_signatures(reps), reps a numpy array (n, d)",
+                   [(reference, "labkit.poisoning.spectral_signature_scores")])
         out = _as_scores(exercise, out, len(reps))
         ref = reference(before)
         if _close(out, ref):

@@ -7,7 +7,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .common import Feedback, digit_like_batch, fail, snapshot
+from .common import TODO_MESSAGE, Feedback, digit_like_batch, fail, require_callable, snapshot
+from .common import call as common_call
+from .common import check_signature, reference_used, watch_for
+
+
+def _dp_references():
+    from .. import privacy
+
+    return [(privacy.opacus_dp_gradient, "labkit.privacy.opacus_dp_gradient"),
+            (privacy.opacus_per_sample_gradients, "labkit.privacy.opacus_per_sample_gradients")]
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,6 +94,13 @@ def _dp_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-3) -> bool:
     return (a - b).norm().item() <= rtol * max(b.norm().item(), 1e-12)
 
 
+NOT_CLIPPED = ("you did not clip each example's gradient: scale every example's gradient by min(1, C / its norm) "
+               "before the sum (clipping the averaged gradient instead does not bound what ONE example contributes), "
+               "otherwise one unusual patient can move the model as much as it likes.")
+PER_TENSOR = ("you clipped each parameter tensor separately: flat clipping takes ONE norm over all the "
+              "parameters of an example (concatenate every per-example gradient, then take the norm).")
+
+
 def _diagnose_dp_clipping(per_sample: dict, clip: float, out: torch.Tensor) -> str:
     """Which common mistake in clip-and-average does `out` (flat, no noise) match?"""
     names = list(per_sample)
@@ -95,9 +111,7 @@ def _diagnose_dp_clipping(per_sample: dict, clip: float, out: torch.Tensor) -> s
     right = (factor * flat).sum(0) / b
     mean = flat.mean(0)
     candidates = [
-        (mean, "you did not clip each example's gradient: scale every example's gradient by min(1, C / its norm) "
-               "before the sum (clipping the averaged gradient instead does not bound what ONE example contributes), "
-               "otherwise one unusual patient can move the model as much as it likes."),
+        (mean, NOT_CLIPPED),
         (mean * min(1.0, clip / (mean.norm().item() + 1e-6)),
          "you clipped the averaged (batch) gradient, not each example's gradient: DP-SGD bounds what ONE example "
          "can contribute, so compute per-example gradients (vmap), clip each to norm C, then sum."),
@@ -114,12 +128,10 @@ def _diagnose_dp_clipping(per_sample: dict, clip: float, out: torch.Tensor) -> s
         g = per_sample[n].flatten(1).double()
         f = (clip / (g.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)
         per_layer.append((f * g).sum(0) / b)
-    candidates.append((torch.cat(per_layer),
-                       "you clipped each parameter tensor separately: flat clipping takes ONE norm over all the "
-                       "parameters of an example (concatenate every per-example gradient, then take the norm)."))
-    for candidate, message in candidates:
-        if _dp_close(out, candidate, 1e-3):
-            return message
+    candidates.append((torch.cat(per_layer), PER_TENSOR))
+    close = [((out - c).norm().item(), m) for c, m in candidates if _dp_close(out, c, 1e-3)]
+    if close:
+        return min(close)[1]  # the nearest, when two mistakes give almost the same numbers
     rel = (out - right).norm().item() / max(right.norm().item(), 1e-12)
     return (f"with noise_multiplier = 0 your gradient differs from Opacus' clipped average by {rel:.1%} (relative "
             "norm). Compute each example's gradient (vmap over grad of a one-example loss), the norm of each over all "
@@ -137,21 +149,12 @@ def dp_sgd_step(fn: Callable, noise_multiplier: float = 1.3) -> Feedback:
     from ..privacy import opacus_dp_gradient, opacus_per_sample_gradients
 
     exercise = "dp_sgd_step"
-    if not callable(fn):
-        fail(exercise, f"pass your function itself, e.g. check.dp_sgd_step(dp_sgd_gradient), not a {type(fn).__name__}.")
+    require_callable(exercise, fn, "check.dp_sgd_step(dp_sgd_gradient)")
 
     def call(model, x, y, clip, sigma, generator):
-        try:
-            return fn(model, x, y, clip, sigma, generator)
-        except NotImplementedError as e:
-            fail(exercise, "this exercise is still TODO: replace the `raise NotImplementedError` line with your code.", e)
-        except TypeError as e:
-            if "positional argument" in str(e) or "unexpected keyword" in str(e):
-                fail(exercise, "keep the signature dp_sgd_gradient(model, x, y, max_grad_norm, noise_multiplier, "
-                      f"generator=None) ({e}).", e)
-            fail(exercise, f"your function raised TypeError: {e}", e)
-        except Exception as e:  # noqa: BLE001 - any learner error becomes feedback
-            fail(exercise, f"your function raised {type(e).__name__}: {e}", e)
+        return common_call(exercise, fn, (model, x, y, clip, sigma, generator),
+                           "dp_sgd_gradient(model, x, y, max_grad_norm, noise_multiplier, generator=None)",
+                           _dp_references())
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -167,9 +170,25 @@ def dp_sgd_step(fn: Callable, noise_multiplier: float = 1.3) -> Feedback:
             fail(exercise, "your function modified the input batch in place: work on copies.")
         reference = _dp_flat(opacus_dp_gradient(model, x, y, clip, 0.0))
         noiseless = _dp_flat(ours)
+        again = _dp_flat(_dp_as_named(exercise, call(model, x, y, clip, 0.0, torch.Generator().manual_seed(2)), model))
+        if not _dp_close(again, noiseless, 1e-6):
+            fail(exercise, "with noise_multiplier = 0 your gradient still changes from call to call: the noise must "
+                 "have standard deviation noise_multiplier * max_grad_norm (your noise ignores noise_multiplier), "
+                 "added to the sum of clipped gradients before dividing by the batch size.")
         if not _dp_close(noiseless, reference, 1e-4):
             per_sample = opacus_per_sample_gradients(model, x, y)
-            fail(exercise, f"(max_grad_norm = {clip:g}, no noise) " + _diagnose_dp_clipping(per_sample, clip, noiseless))
+            problem = _diagnose_dp_clipping(per_sample, clip, noiseless)
+            if problem in (NOT_CLIPPED, PER_TENSOR):
+                # On this bench every single parameter tensor's gradient is below C, so clipping each
+                # tensor separately changes nothing; a smaller C tells the two mistakes apart.
+                small = clip * 0.4
+                probe = _dp_flat(_dp_as_named(exercise, call(model, x, y, small, 0.0, torch.Generator().manual_seed(1)),
+                                              model))
+                if _diagnose_dp_clipping(per_sample, small, probe) == PER_TENSOR:
+                    problem, clip = PER_TENSOR, small
+                else:
+                    problem = NOT_CLIPPED
+            fail(exercise, f"(max_grad_norm = {clip:g}, no noise) " + problem)
 
         g1, g2 = torch.Generator().manual_seed(11), torch.Generator().manual_seed(12)
         first = _dp_flat(_dp_as_named(exercise, call(model, x, y, clip, noise_multiplier, g1), model))
@@ -245,16 +264,21 @@ def dp_sgd_epsilon(fn: Callable, rtol: float = 0.01) -> Feedback:
         return rdp(dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps), delta)
 
+    check_signature(exercise, fn, DP_SGD_EPSILON_CASES[0],
+                    "dp_sgd_epsilon(n, batch_size, epochs, noise_multiplier, delta, num_microbatches)")
     results = []
     for n, b, e, sigma, delta, m in DP_SGD_EPSILON_CASES:
         where = f"(n={n}, batch_size={b}, epochs={e}, noise_multiplier={sigma}, delta={delta}, num_microbatches={m})"
+        watch = watch_for([(reference, "labkit.privacy_tf.dp_sgd_epsilon")])
         try:
-            got = fn(n, b, e, sigma, delta, m)
+            with watch:
+                got = fn(n, b, e, sigma, delta, m)
         except NotImplementedError as err:
-            fail(exercise, "this exercise is still TODO: replace the `raise NotImplementedError` line with your code.",
-                  err)
+            fail(exercise, TODO_MESSAGE, err)
         except Exception as err:  # noqa: BLE001 - any learner error becomes feedback
             fail(exercise, f"your function raised {type(err).__name__}: {err} {where}", err)
+        if watch.hit:
+            reference_used(exercise, watch.hit)
         if got is None:
             fail(exercise, "your function returned None: return the epsilon as a float.")
         if isinstance(got, (tuple, list)):
