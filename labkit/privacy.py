@@ -11,10 +11,19 @@ from the accountant. Without a target epsilon it trains the same model with the 
 and batch size, non-privately, so that the two are comparable. `epsilon_sweep` repeats that over
 a list of targets. `opacus_dp_gradient` and `opacus_per_sample_gradients` give Opacus' answer for
 one DP-SGD step on a fixed batch, which `labkit.check.dp_sgd_step` compares a hand-written step with.
+
+Every call of `train_private` is written into a ledger (`LEDGER`, or the one passed in) with the
+fingerprints of the examples it trained on and the steps the accountant recorded, so that the
+privacy spent on a set of records counts *every* run that touched them (tuning, sweeps and attack
+experiments included):
+
+    privacy.LEDGER.spent_on(x_private, delta=1e-5)          # Spend(epsilon, uses, ...)
+    privacy.compose_epsilon(history, 1e-5, "dp_accounting-pld")   # a second library's figure
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 import warnings
@@ -29,7 +38,8 @@ from torch import nn
 from . import train
 
 __all__ = ["PrivateRun", "train_private", "epsilon_sweep", "unwrap", "opacus_per_sample_gradients",
-           "opacus_dp_gradient", "plot_sweep", "check_delta"]
+           "opacus_dp_gradient", "plot_sweep", "check_delta", "delta_advice", "split_cohorts", "compose_epsilon",
+           "ACCOUNTANTS", "Ledger", "Spend", "LEDGER"]
 
 
 @dataclass
@@ -49,6 +59,7 @@ class PrivateRun:
     accountant: str
     seconds_per_epoch: list = field(default_factory=list)
     history: list = field(default_factory=list)
+    accounting: list = field(default_factory=list)  # the accountant's [(sigma, q, steps)] of the steps taken
 
     @property
     def epoch_seconds(self) -> float:
@@ -72,6 +83,135 @@ def check_delta(delta: float, n: int) -> float:
             f"leaking about n * delta = {n * delta:.2g} whole records. Choose delta well below 1/n (e.g. {0.1 / n:.1g})."
         )
     return delta
+
+
+def delta_advice(delta: float, n: int) -> str:
+    """One verdict on delta for n records, by the rule the labs use: delta must be below 1/n (else
+    `check_delta` refuses it) and *well* below, meaning n * delta <= 0.1 (delta <= 1 / (10 n))."""
+    if not 0 < delta < 1 or delta >= 1 / n:
+        return f"TOO LARGE: n * delta = {n * delta:.2g} >= 1 (choose delta <= {0.1 / n:.1g})"
+    if n * delta > 0.1:
+        return f"below 1/n but not well below: n * delta = {n * delta:.2g} > 0.1 (choose delta <= {0.1 / n:.1g})"
+    return f"OK: n * delta = {n * delta:.2g} <= 0.1"
+
+
+def split_cohorts(y, dev_fraction: float = 0.5, seed: int = 0):
+    """Index arrays (private, development) of a stratified split of the records.
+
+    The development cohort is held apart for every decision and experiment (tuning, sweeps,
+    attacks) and its privacy is not claimed (in practice: a public dataset or consenting
+    patients); the private cohort is touched only by the final DP training run."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < dev_fraction < 1:
+        raise ValueError(f"dev_fraction must lie strictly between 0 and 1 (got {dev_fraction!r}).")
+    y = np.asarray(y)
+    private, dev = train_test_split(np.arange(len(y)), test_size=dev_fraction, random_state=seed, stratify=y)
+    return np.sort(private), np.sort(dev)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting: composing runs, and a ledger of every run on every record
+# ---------------------------------------------------------------------------------------------
+
+ACCOUNTANTS = ("opacus-rdp", "opacus-prv", "dp_accounting-rdp", "dp_accounting-pld")
+
+
+def compose_epsilon(history, delta: float, accountant: str = "opacus-rdp") -> float:
+    """Epsilon of the composition of Poisson-sampled Gaussian steps [(sigma, q, steps), ...] at delta.
+
+    "opacus-rdp" and "opacus-prv" use Opacus' accountants, "dp_accounting-rdp" and "dp_accounting-pld"
+    Google's dp_accounting (a second, independent implementation). A step with sigma = 0 (no noise,
+    a non-private run) makes epsilon infinite; an empty history spends nothing."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant {accountant!r} is unknown: use one of {', '.join(ACCOUNTANTS)}.")
+    history = [(float(s), float(q), int(k)) for s, q, k in history]
+    if not history:
+        return 0.0
+    if any(s <= 0 for s, _, _ in history):
+        return math.inf
+    if accountant.startswith("opacus"):
+        from opacus.accountants import PRVAccountant, RDPAccountant
+
+        acc = RDPAccountant() if accountant == "opacus-rdp" else PRVAccountant()
+        acc.history = list(history)
+        quiet = _quiet_opacus()
+        try:
+            return float(acc.get_epsilon(delta))
+        finally:
+            quiet.__exit__(None, None, None)
+    import dp_accounting
+
+    event = dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(s)), k)
+        for s, q, k in history])
+    acc = (dp_accounting.rdp.RdpAccountant() if accountant == "dp_accounting-rdp"
+           else dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3))
+    return float(acc.compose(event).get_epsilon(delta))
+
+
+def _fingerprints(x) -> frozenset:
+    """One short hash per example, of its image as the training loop sees it (uint8 and [0, 1]
+    floats of the same image agree)."""
+    xt, _ = train.to_tensors(x, np.zeros(len(x), dtype=np.int64))
+    rows = xt.reshape(len(xt), -1).numpy().astype(np.float32)
+    return frozenset(hashlib.blake2b(r.tobytes(), digest_size=12).digest() for r in rows)
+
+
+@dataclass(frozen=True)
+class Use:
+    """One training run as the ledger keeps it."""
+
+    label: str
+    examples: frozenset = field(repr=False)
+    private: bool
+    accounting: tuple  # ((sigma, q, steps), ...); empty for a non-private run
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What a set of records has spent: the composed epsilon of every run that trained on any of them."""
+
+    epsilon: float
+    delta: float
+    accountant: str
+    uses: tuple  # labels of the runs that touched the records, in order
+
+    @property
+    def runs(self) -> int:
+        return len(self.uses)
+
+
+class Ledger:
+    """Every training run and the records it used. `spent_on(x)` composes all runs that trained on
+    any record of x: a conservative per-record bound (each record is covered by at most those runs)."""
+
+    def __init__(self):
+        self.uses: list[Use] = []
+
+    def record(self, x, accounting, label: str = "", private: bool = True) -> Use:
+        use = Use(label=label or f"run {len(self.uses) + 1}", examples=_fingerprints(x), private=private,
+                  accounting=tuple(tuple(h) for h in accounting) if private else ())
+        self.uses.append(use)
+        return use
+
+    def uses_of(self, x) -> list[Use]:
+        wanted = _fingerprints(x)
+        return [u for u in self.uses if not u.examples.isdisjoint(wanted)]
+
+    def spent_on(self, x, delta: float, accountant: str = "opacus-rdp") -> Spend:
+        uses = self.uses_of(x)
+        if any(not u.private for u in uses):
+            epsilon = math.inf
+        else:
+            epsilon = compose_epsilon([h for u in uses for h in u.accounting], delta, accountant)
+        return Spend(epsilon=epsilon, delta=delta, accountant=accountant, uses=tuple(u.label for u in uses))
+
+    def clear(self):
+        self.uses.clear()
+
+
+LEDGER = Ledger()  # what `train_private` records into unless given another ledger
 
 
 def _quiet_opacus():
@@ -105,6 +245,7 @@ def train_private(
     desc: str = "",
     x_val=None,
     y_val=None,
+    ledger: Optional[Ledger] = None,
 ) -> PrivateRun:
     """Train `model` with SGD (momentum) for `epochs`; with `target_epsilon`, privately with Opacus.
 
@@ -113,6 +254,7 @@ def train_private(
     clipping to `max_grad_norm`, and the noise multiplier the accountant needs to end at
     (target_epsilon, delta) after `epochs`. The spent epsilon is read from the accountant afterwards.
     Non-private (target_epsilon=None): the same optimizer and batch size on shuffled batches.
+    Every run, private or not, is recorded in `ledger` (default: `LEDGER`) with the examples it used.
     Returns a PrivateRun (the model is unwrapped and left in eval mode).
     """
     from opacus import PrivacyEngine
@@ -173,11 +315,14 @@ def train_private(
                 if hasattr(p, name):
                     setattr(p, name, None)
     plain.eval()
-    steps = epochs * math.ceil(n / batch_size)
+    accounting = [tuple(h) for h in engine.accountant.history] if private else []
+    steps = sum(h[2] for h in accounting) if private else epochs * math.ceil(n / batch_size)
+    (LEDGER if ledger is None else ledger).record(x, accounting, label=label, private=private)
     return PrivateRun(model=plain, private=private, epsilon=epsilon, delta=delta if private else 0.0,
                       noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm if private else None,
                       sample_rate=batch_size / n, steps=steps, epochs=epochs, batch_size=batch_size,
-                      accountant=accountant if private else "-", seconds_per_epoch=seconds, history=history)
+                      accountant=accountant if private else "-", seconds_per_epoch=seconds, history=history,
+                      accounting=accounting)
 
 
 def epsilon_sweep(

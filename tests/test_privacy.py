@@ -85,3 +85,57 @@ def test_sweep_rows_and_plot():
     assert fig.axes[0].get_xscale() == "log"
     with pytest.raises(ValueError, match="epsilons is empty"):
         privacy.epsilon_sweep(models.TanhCNN, x, y, x, y, [])
+
+
+@pytest.mark.parametrize("delta, n, verdict", [(1e-6, 60_000, "OK"), (1e-5, 60_000, "not well below"),
+                                               (1e-5, 1_214, "OK"), (1e-3, 1_000, "TOO LARGE")])
+def test_delta_advice_agrees_with_the_rule(delta, n, verdict):
+    assert privacy.delta_advice(delta, n).startswith(verdict) or verdict in privacy.delta_advice(delta, n)
+    if verdict != "OK":
+        assert "choose delta <=" in privacy.delta_advice(delta, n)
+
+
+def test_cohorts_are_disjoint_stratified_halves():
+    y = np.r_[np.zeros(60), np.ones(40)].astype(int)
+    private, dev = privacy.split_cohorts(y, 0.5, seed=1)
+    assert len(private) == len(dev) == 50 and not set(private) & set(dev)
+    assert y[private].mean() == pytest.approx(0.4) and y[dev].mean() == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="dev_fraction"):
+        privacy.split_cohorts(y, 1.0)
+
+
+def test_composition_two_libraries_and_the_edge_cases():
+    one = [(1.0, 0.01, 1000)]
+    rdp = privacy.compose_epsilon(one, 1e-5, "opacus-rdp")
+    assert privacy.compose_epsilon(one, 1e-5, "dp_accounting-rdp") == pytest.approx(rdp, rel=0.02)
+    assert privacy.compose_epsilon(one, 1e-5, "dp_accounting-pld") < rdp
+    assert privacy.compose_epsilon(one, 1e-5, "opacus-prv") < rdp
+    twice = privacy.compose_epsilon(one * 2, 1e-5, "opacus-rdp")
+    assert rdp < twice < 2 * rdp  # composition costs, but less than adding the epsilons
+    assert privacy.compose_epsilon([], 1e-5) == 0.0
+    assert math.isinf(privacy.compose_epsilon([(0.0, 0.01, 10)], 1e-5))
+    with pytest.raises(ValueError, match="unknown"):
+        privacy.compose_epsilon(one, 1e-5, "moments")
+
+
+def test_ledger_counts_every_run_that_touched_the_records():
+    x, y = _tiny(256)
+    private, dev = x[:128], x[128:]
+    ledger = privacy.Ledger()
+    settings = dict(epochs=1, batch_size=32, lr=0.1, delta=1e-3, progress=False, ledger=ledger)
+    privacy.train_private(models.TanhCNN(), dev, y[128:], target_epsilon=1.0, desc="tune on dev", **settings)
+    final = privacy.train_private(models.TanhCNN(), private, y[:128], target_epsilon=2.0, desc="final", **settings)
+    honest = ledger.spent_on(private, 1e-3)
+    assert honest.uses == ("final",) and honest.epsilon == pytest.approx(final.epsilon, rel=1e-6)
+    assert final.accounting and sum(h[2] for h in final.accounting) == final.steps
+    # the same images as floats in [0, 1] are the same records
+    assert ledger.spent_on(private.astype(np.float32), 1e-3).uses == ("final",)
+    # tuning on the private records: the spend composes and exceeds the final run's epsilon
+    privacy.train_private(models.TanhCNN(), private, y[:128], target_epsilon=1.0, desc="tune on private", **settings)
+    assert ledger.spent_on(private, 1e-3).epsilon > final.epsilon + 0.1
+    assert ledger.spent_on(private, 1e-3, "dp_accounting-pld").runs == 2
+    # any non-private run on a subset of the records: nothing is promised any more
+    privacy.train_private(models.TanhCNN(), private[:40], y[:40], desc="attack pair", **settings)
+    spend = ledger.spent_on(private, 1e-3)
+    assert math.isinf(spend.epsilon) and spend.uses[-1] == "attack pair"
+    assert ledger.spent_on(dev, 1e-3).uses == ("tune on dev",)
