@@ -68,7 +68,7 @@ Example (what lab 05 does):
 
 `serve()` sets the limits uvicorn does not: a connection must deliver its whole request within
 `request_timeout` (10 s), open connections are capped below the file-descriptor limit
-(`max_connections`, also uvicorn's limit_concurrency), headers are limited to 16 kB, and
+(`max_connections`: a new connection evicts the longest-idle one), headers are limited to 16 kB, and
 scoring runs in a worker thread so a large request never stalls the event loop.
 
 The audit log (`Defences(audit=True)`, `audit_path=`) chains each line to the previous one by

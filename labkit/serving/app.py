@@ -347,9 +347,11 @@ def _default_max_connections() -> int:
 def guarded_protocol(request_timeout: float, max_connections: int):
     """uvicorn's h11 protocol with the two limits it lacks: a connection must deliver its whole
     request (headers and body) within `request_timeout` seconds of opening, or of its previous
-    answer; and a connection beyond `max_connections` is closed at once. uvicorn's own
-    timeout_keep_alive only starts after a first answer, so a client that opens a socket and sends
-    nothing (or half its headers) would otherwise hold it for ever."""
+    answer; and at most `max_connections` stay open: a new one beyond it evicts the connection that
+    has waited longest without a request in progress (or is itself closed when every connection is
+    busy). uvicorn's own timeout_keep_alive only starts after a first answer, so a client that opens
+    a socket and sends nothing (or half its headers) would otherwise hold it for ever, and a few
+    hundred such sockets would leave no file descriptor for honest clients."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -358,18 +360,25 @@ def guarded_protocol(request_timeout: float, max_connections: int):
     class GuardedH11Protocol(H11Protocol):
         _request_timer = None
 
+        _waiting_since = float("inf")  # when this connection started waiting for a request (inf: busy)
+
         def connection_made(self, transport):
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                transport.close()  # frees the descriptor now; the client may retry later
-                return
             self._arm()
+            if len(self.connections) > max_connections:
+                # honest clients send their request at once; the longest-waiting idle socket goes first
+                idle = min(self.connections, key=lambda c: getattr(c, "_waiting_since", float("inf")))
+                victim = idle if idle._waiting_since < float("inf") and idle is not self else self
+                victim._disarm()
+                victim.transport.close()
 
         def _arm(self):
             self._disarm()
+            self._waiting_since = self.loop.time()
             self._request_timer = self.loop.call_later(request_timeout, self._timed_out)
 
         def _disarm(self):
+            self._waiting_since = float("inf")
             if self._request_timer is not None:
                 self._request_timer.cancel()
                 self._request_timer = None
@@ -383,6 +392,8 @@ def guarded_protocol(request_timeout: float, max_connections: int):
             super().handle_events()
             if self.conn.their_state in finished:
                 self._disarm()
+            elif self.cycle is not None and not self.cycle.response_complete:
+                self._waiting_since = float("inf")  # a request is in progress: not idle (its deadline still runs)
 
         def on_response_complete(self):
             super().on_response_complete()
@@ -408,8 +419,8 @@ def serve(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning
                      from any loopback client, so anyone could pick their own identity).
     request_timeout  seconds a connection has to deliver a whole request (headers and body)
     keep_alive_s     seconds an idle keep-alive connection stays open after an answer
-    max_connections  open connections accepted (default: well below the file-descriptor limit);
-                     also uvicorn's limit_concurrency (503 beyond it)
+    max_connections  open connections kept (default: well below the file-descriptor limit); a new
+                     one beyond it evicts the socket that has waited longest without a request
     max_header_bytes the largest request head h11 buffers (431/400 beyond it)
 
     Yields a RunningServer (`.url`, `.client(key)`, `.state`); on leaving the block (also when it
@@ -422,8 +433,9 @@ def serve(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=3, http=guarded_protocol(request_timeout, limit),
                             proxy_headers=trusted_proxy is not None, forwarded_allow_ips=trusted_proxy or "",
-                            timeout_keep_alive=keep_alive_s, limit_concurrency=limit,
-                            h11_max_incomplete_event_size=max_header_bytes)
+                            timeout_keep_alive=keep_alive_s, h11_max_incomplete_event_size=max_header_bytes)
+    # no uvicorn limit_concurrency: it counts idle connections too, so at the cap it would answer an
+    # honest request 503 instead of letting it evict an idle socket (guarded_protocol does the capping)
     server = uvicorn.Server(config)
     errors = []
 
