@@ -354,18 +354,27 @@ class QueryMonitor:
         return float(np.quantile(dist, quantile))
 
     @classmethod
-    def reference_distances(cls, model, clean_inputs, stream: int = 600, streams: int = 8, seed: int = 0) -> np.ndarray:
+    def reference_distances(cls, model, clean_inputs, stream: int = 5_000, streams: int = 8, seed: int = 0,
+                            block: int = 512) -> np.ndarray:
         """PRADA distances of `streams` simulated clients, each sending `stream` clean inputs in a
-        random order: an array (streams, stream - 1), row = client, column = query position."""
+        random order (at most as many as there are): an array (streams, stream - 1), row = client,
+        column = query position. Long streams matter: a key's distances shrink as it sends more, so
+        a key 3,000 queries in must be compared with clean clients 3,000 queries in, not 600
+        (beyond the last position the latest positions are used; the monitor stops growing its
+        set of earlier queries at max_growing = 5,000, so distances settle there)."""
         feats = np.asarray(model.features(clean_inputs), float)
         rng = np.random.default_rng(seed)
         out = []
         for _ in range(streams):
             f = feats[rng.permutation(len(feats))[:stream]]
             sq = (f ** 2).sum(1)
-            d2 = sq[:, None] + sq[None, :] - 2 * f @ f.T
-            d2[np.triu_indices(len(f))] = np.inf  # only earlier queries count
-            out.append(np.sqrt(np.maximum(d2[1:].min(1), 0)))
+            nearest = np.empty(len(f) - 1)
+            for start in range(1, len(f), block):  # in blocks: a full (n, n) matrix would not fit for long streams
+                stop = min(start + block, len(f))
+                d2 = sq[start:stop, None] + sq[None, :stop] - 2 * f[start:stop] @ f[:stop].T
+                d2[np.arange(stop - start)[:, None] + start <= np.arange(stop)[None, :]] = np.inf  # earlier only
+                nearest[start - 1:stop - 1] = np.sqrt(np.maximum(d2.min(1), 0))
+            out.append(nearest)
         return np.stack(out)
 
     def flagged(self, client: str) -> Flag | None:

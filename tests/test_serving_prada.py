@@ -1,0 +1,51 @@
+"""Red-team finding 7: the "all layers" default must not lock out honest traffic. Long streams of
+real held-out clients go through the query monitor that `Defences.all()` builds; none may be
+flagged. The published Shapiro-Wilk test at W < 0.9 is run beside it to show why it is not the
+default (on 20 streams of 3,000 held-out clients it flagged 6; the reference test none, largest KS
+0.28 against the threshold 0.35). Prints the rates (run with -s)."""
+import numpy as np
+import pytest
+
+from labkit import datasets
+from labkit.serving import Defences, KeyStore, QueryMonitor, create_app, train_credit_model
+
+STREAMS, QUERIES = 6, 1_000
+
+
+@pytest.fixture(scope="module")
+def credit():
+    X, y = datasets.load("taiwan_credit", split="train")
+    Xt, _ = datasets.load("taiwan_credit", split="test")
+    return train_credit_model(X, y, seed=0, epochs=20), X, Xt
+
+
+def _flags(monitor, model, Xt):
+    feats, labels = model.features(Xt), model.predict(Xt)
+    flagged, worst = 0, []
+    for s in range(STREAMS):
+        order = np.random.default_rng(100 + s).permutation(len(Xt))[:QUERIES]
+        client = f"bank_{s}"
+        stats = []
+        for i in order:
+            monitor.observe(client, feats[i], int(labels[i]))
+            if monitor.statistic(client) is not None:
+                stats.append(monitor.statistic(client))
+        flagged += monitor.flagged(client) is not None
+        worst.append(max(stats) if monitor.test == "reference" else min(stats))
+    return flagged, worst
+
+
+def test_the_all_layers_default_does_not_flag_long_honest_streams(credit):
+    model, X, Xt = credit
+    d = Defences.all(integrity=False, audit=False)
+    app = create_app(model, d, keys=KeyStore(), reference=X)
+    monitor = app.state.labkit.monitor
+    flagged, worst = _flags(monitor, model, Xt)
+    published = QueryMonitor(extraction=True, probing=False, threshold=d.prada_threshold, min_queries=d.prada_min_queries,
+                             window=d.prada_window)
+    published_flagged, published_worst = _flags(published, model, Xt)
+    print(f"\nDefences.all() ({d.prada_test} test): {flagged} of {STREAMS} honest streams of {QUERIES} flagged, "
+          f"largest statistic {max(worst):.3f} (threshold {d.prada_ks_threshold}); Shapiro-Wilk W < "
+          f"{d.prada_threshold}: {published_flagged} of {STREAMS} flagged, lowest W {min(published_worst):.3f}")
+    assert d.prada_test == "reference" and flagged == 0, worst
+    assert max(worst) < d.prada_ks_threshold - 0.03  # a margin, not a near miss
