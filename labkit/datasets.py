@@ -5,6 +5,13 @@ Search order for every file: `$LABKIT_DATA`, the kit's `data/` folder, the user 
 canonical release with pooch (progress bar, checksum) when the network is up, unless
 `LABKIT_OFFLINE` is set; otherwise the error names the file, where it looked, and the command
 that fetches it.
+
+Trust: the kit's own data/MANIFEST.toml is authoritative for the datasets it names. A
+MANIFEST.toml in `$LABKIT_DATA` may declare extra datasets, never change a known one (whoever can
+write to a data folder must not choose the hashes its files are checked against). No manifest
+path may leave its data folder ('..', absolute paths, links pointing out). Loaders read each file
+once and parse the very bytes they hashed (`read_verified`); .npz archives are read member by
+member, each size checked first, never unpickled (`npz_arrays`).
 """
 from __future__ import annotations
 
