@@ -10,6 +10,7 @@ One module per topic; the public calls stay `labkit.check.<exercise>(fn)`. Check
 seeded benches inside `torch.random.fork_rng()`, so running a check never changes the notebook's
 random numbers. In Jupyter a failed check shows its sentence first and hides the kit's frames.
 """
+from . import display
 from .common import ExerciseFailed, Feedback
 from .evasion import adversarial_batch, fgsm, fgsm_random_start, perturb
 from .extraction import train_surrogate
@@ -20,3 +21,5 @@ from .serving import api_key_lookup, sliding_window
 __all__ = ["ExerciseFailed", "Feedback", "fgsm", "fgsm_random_start", "adversarial_batch", "perturb",
            "dp_sgd_step", "dp_sgd_epsilon", "train_surrogate", "api_key_lookup", "sliding_window",
            "spectral_signatures"]
+
+display.install()  # in Jupyter: a failed check shows its sentence first, without labkit's frames
