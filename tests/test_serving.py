@@ -281,6 +281,7 @@ def test_each_layer_answers_with_its_json_error(credit, tmp_path):
     assert alice not in log and AuditLog.verify(tmp_path / "a.jsonl", key=app.state.labkit.audit.key)[0]
     assert {rec["outcome"] for rec in AuditLog.read(tmp_path / "a.jsonl")} >= {
         "served", "missing_key", "unknown_key", "invalid_input", "payload_too_large", "out_of_distribution", "rate_limited"}
+    assert {rec["items"] for rec in AuditLog.read(tmp_path / "a.jsonl") if rec["outcome"] == "out_of_distribution"} == {1}
 
 
 def test_a_flagged_key_is_suspended(credit):

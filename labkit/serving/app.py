@@ -191,9 +191,10 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
             return [{n: float(item["features"][n]) for n in model.feature_names} for item in items]
         return [item["text"] for item in items]
 
-    def handle(client: str, raw: bytes, batch: bool, request_id: str) -> tuple[int, dict]:
+    def handle(client: str, raw: bytes, batch: bool, request_id: str, seen: dict) -> dict:
         """Parse, check and score one request (in a worker thread: CPU work never blocks the event loop)."""
         items = parse(raw, batch)
+        seen["items"] = len(items)  # for the audit log, also when the request is refused below
         if state.limiter is not None and batch:  # single requests were counted before the body was read
             ok, retry = state.limiter.acquire(client, cost=len(items))
             if not ok:
@@ -221,8 +222,7 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
             if (flag := state.monitor.flagged(client)) is not None:
                 raise suspended(flag)
         out = harden(proba, model.classes, d.output, d.round_digits, d.output_noise, state.rng)
-        return len(items), ({"predictions": out, "request_id": request_id} if batch
-                            else {**out[0], "request_id": request_id})
+        return {"predictions": out, "request_id": request_id} if batch else {**out[0], "request_id": request_id}
 
     def json_body(request: Request) -> bool:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -231,7 +231,7 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
     async def endpoint(request: Request, batch: bool):
         started = time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
-        client, raw, n_items = "anonymous", b"", 0
+        client, raw, seen = "anonymous", b"", {"items": 0}
         try:
             if d.auth:
                 presented = request.headers.get(KEY_HEADER)
@@ -254,7 +254,7 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
                     raise Rejected("rate_limited", f"More than {state.limiter.limit} queries in {state.limiter.window_s:g} s; "
                                    f"retry in {retry:.1f} s.", headers={"Retry-After": str(max(1, int(np.ceil(retry))))})
             raw = await read_body(request)
-            n_items, result = await run_in_threadpool(handle, client, raw, batch, request_id)
+            result = await run_in_threadpool(handle, client, raw, batch, request_id, seen)
             status, outcome, response = 200, "served", JSONResponse(result)
         except Rejected as rej:
             status, outcome = STATUS[rej.kind], rej.kind
@@ -274,7 +274,7 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
         if state.audit is not None:
             await run_in_threadpool(
                 state.audit.write, request_id=request_id, client=client, endpoint=request.url.path, status=status,
-                outcome=outcome, items=n_items, body_bytes=len(raw),
+                outcome=outcome, items=seen["items"], body_bytes=len(raw),
                 body_sha256=hashlib.sha256(raw).hexdigest() if raw else None, latency_ms=round(elapsed, 3))
         return response
 
