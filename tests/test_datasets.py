@@ -291,3 +291,44 @@ def test_shipped_file_without_a_url_points_to_git(tmp_path, monkeypatch):
     (folder / "sms_spam" / "SMSSpamCollection").write_text("ham\thello\n")
     with pytest.raises(datasets.DatasetCorrupted, match="data/sms_spam/SMSSpamCollection"):
         datasets.load("sms_spam", split="all")
+
+
+def _cifar_zip(members: dict) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, blob in members.items():
+            z.writestr(name, blob)
+    return buf.getvalue()
+
+
+def _jpeg(size=(32, 32)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["ok", "oversized member", "wrong image size"])
+def test_cifar10_zip_members_are_checked_before_they_are_decoded(tmp_path, monkeypatch, case):
+    members = {"cifar10/train/airplane/0.jpg": _jpeg(), "cifar10/test/cat/1.jpg": _jpeg()}
+    if case == "oversized member":
+        members["cifar10/train/cat/2.jpg"] = b"\0" * (1 << 20)  # 1 MB where a 32x32 JPEG is ~1 kB
+    if case == "wrong image size":
+        members["cifar10/train/cat/2.jpg"] = _jpeg((4000, 4000))
+    folder = tmp_path / "kit_data"
+    folder.mkdir()
+    (folder / "c.zip").write_bytes(_cifar_zip(members))
+    _own_kit_manifest(tmp_path, monkeypatch, f'[cifar10]\ntitle = "c"\n[[cifar10.files]]\npath = "c.zip"\n'
+                                             f'sha256 = "{_sha(folder / "c.zip")}"\n')
+    if case == "ok":
+        x, y = datasets.load("cifar10", split="train")
+        assert x.shape == (1, 32, 32, 3) and list(y) == [0]
+    else:
+        with pytest.raises(datasets.DatasetCorrupted, match="cat/2.jpg"):
+            datasets.load("cifar10", split="train")
