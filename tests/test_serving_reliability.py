@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from labkit import datasets

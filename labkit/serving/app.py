@@ -134,9 +134,9 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
                 raise ValueError("defences.prada_test='reference' needs reference= some clean inputs.")
             ref = QueryMonitor.reference_distances(model, reference, seed=seed or 0)
         state.monitor = QueryMonitor(extraction=d.detect_extraction, probing=d.detect_probing,
-                                     test=d.prada_test if d.detect_extraction else "shapiro", reference=ref, ks_threshold=d.prada_ks_threshold,
-                                     threshold=d.prada_threshold, min_queries=d.prada_min_queries,
-                                     window=d.prada_window, probe_radius=radius or 0.0, probe_limit=d.probe_limit,
+                                     test=d.prada_test if d.detect_extraction else "shapiro", reference=ref,
+                                     ks_threshold=d.prada_ks_threshold, threshold=d.prada_threshold,
+                                     min_queries=d.prada_min_queries, window=d.prada_window, probe_radius=radius or 0.0, probe_limit=d.probe_limit,
                                      probe_window=d.probe_window)
     if d.audit:
         state.audit = AuditLog(audit_path, key=audit_key, anchor_path=audit_anchor)

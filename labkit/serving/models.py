@@ -8,8 +8,10 @@ Both expose the same small interface, which is all the API and its defences rely
     model.features(X)          (n, d) float array: the numeric view the detectors measure distances in
     model.save(path)           writes ONE .npz file (numpy arrays + JSON metadata, no pickle); returns its sha256
 
-`load_model(path, sha256=...)` reads a saved model back with `allow_pickle=False` and refuses a
-file whose sha256 differs from the expected one (`IntegrityError`). Tabular inputs are a pandas
+`load_model(path, sha256=...)` reads a saved model back, never unpickling, and refuses a file
+whose sha256 differs from the expected one (`IntegrityError`). The file is read once: the bytes
+hashed are the bytes parsed; only the arrays the model type needs are read, each sized first; a
+malformed file of any kind is an IntegrityError with a sentence. Tabular inputs are a pandas
 DataFrame, a list of {feature name: value} dicts, or a 2-D array in `feature_names` order; text
 inputs are a list of strings.
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import os
 import re
