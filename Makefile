@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.labkit-installed
 PROFILE ?= $(LABKIT_PROFILE)
+WORKSPACE ?= $(or $(LABKIT_WORKSPACE),workspace)
 
 # Offline by design: a stray hub call must fail at once, not after a long time-out.
 export HF_HUB_OFFLINE=1
@@ -37,8 +38,11 @@ data: $(STAMP)
 build: $(STAMP)
 	$(BIN)/labkit build
 
+# Learners work in their own copies: `labkit workspace` adds labs the workspace lacks and never
+# replaces a file, so rebuilding labs/ or updating the kit cannot lose their work.
 lab: $(STAMP) data build
-	$(BIN)/jupyter lab --notebook-dir=labs --allow-root --ServerApp.open_browser=False
+	LABKIT_WORKSPACE=$(abspath $(WORKSPACE)) $(BIN)/labkit workspace
+	$(BIN)/jupyter lab --notebook-dir=$(WORKSPACE) --allow-root --ServerApp.open_browser=False
 
 unit: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q --durations=10 tests

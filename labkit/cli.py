@@ -1,4 +1,4 @@
-"""The `labkit` command: doctor, list, data, build, run, check."""
+"""The `labkit` command: doctor, list, data, build, run, workspace, reset, check, progress."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import datasets, env, notebooks, targets
+from . import datasets, env, notebooks, targets, workspace
 from .tables import format_table
 
 
@@ -117,8 +117,51 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_workspace(args) -> int:
+    added, kept = workspace.fill()
+    where = workspace.root()
+    for name in added:
+        print(f"added    {where / name}")
+    if kept:
+        print(f"kept     {len(kept)} notebook(s) already in {where} (your work; never overwritten)")
+    if not added and not kept:
+        print(f"no lab notebooks to copy into {where}")
+    return 0
+
+
+def cmd_reset(args) -> int:
+    moved, fresh = workspace.reset(args.lab)
+    if moved:
+        print(f"Your previous copy is kept at {moved}")
+    print(f"Fresh copy: {fresh}")
+    return 0
+
+
+def _notebook_path(name: str) -> Path:
+    """A path as given, or a lab id / notebook name looked up in the workspace."""
+    path = Path(name)
+    if path.is_file() or path.suffix == ".ipynb" or "/" in name:
+        return path
+    return workspace.root() / workspace.notebook_name(name)
+
+
+def _show_progress(i: int, n: int, cell_index: int, line: str, elapsed: float) -> None:
+    minutes, seconds = divmod(int(elapsed), 60)
+    print(f"  [{i:>2}/{n}] {minutes:d}:{seconds:02d}  cell {cell_index + 1}: {line}", flush=True)
+
+
+def _attempt(lab_id: str, path: Path, profile: str, grade) -> dict:
+    report = grade.report or {}
+    targets_ = {metric: {"target": spec, "value": report.get("metrics", {}).get(metric),
+                         "met": bool(report.get("passes", {}).get(metric))}
+                for metric, spec in report.get("targets", {}).items()}
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "lab": lab_id, "notebook": str(path), "profile": profile,
+            "passed": grade.passed, "todos": grade.todos, "exercises": grade.exercises, "targets": targets_,
+            "errors": grade.errors, "wall_time_s": round(grade.wall_time_s, 1)}
+
+
 def cmd_check(args) -> int:
-    path = Path(args.notebook)
+    path = _notebook_path(args.notebook)
     if not path.is_file():
         print(f"No notebook at {path}.", file=sys.stderr)
         return 2
@@ -127,12 +170,16 @@ def cmd_check(args) -> int:
         targets.lab(lab_id)
     except targets.UnknownLab as err:
         raise targets.UnknownLab(f"{err} Name the lab with --lab when the notebook was renamed.") from None
-    grade = notebooks.grade(path, lab_id, profile=args.profile, timeout=args.timeout)
+    profile = args.profile or env.profile()
+    print(f"Grading {path} in the {profile} profile ...", flush=True)
+    grade = notebooks.grade(path, lab_id, profile=profile, timeout=args.timeout, progress=_show_progress)
+    saved = workspace.record_attempt(lab_id, _attempt(lab_id, path, profile, grade))
     if grade.todos:
         print(f"{path.name} is not finished yet: {len(grade.todos)} TODO(s) left.")
         for todo in grade.todos:
             print(f"  - {todo}")
         print("Finish them, then run `labkit check` again.")
+        print(f"attempt recorded in {saved}")
         return 1
     print(f"Graded {path.name} in {grade.wall_time_s:.0f} s")
     for name, verdict in grade.exercises.items():
@@ -147,7 +194,35 @@ def cmd_check(args) -> int:
     else:
         print("  the report cell did not run, so no target could be graded")
     print("PASSED" if grade.passed else "NOT PASSED YET")
+    print(f"attempt recorded in {saved} (`labkit progress` shows every lab)")
     return 0 if grade.passed else 1
+
+
+def cmd_progress(args) -> int:
+    rows = []
+    for row in workspace.progress():
+        last = row["last"]
+        if not row["in_workspace"]:
+            state = "not started"
+        elif last is None:
+            state = "not checked yet"
+        elif last.get("todos"):
+            state = f"{len(last['todos'])} TODO(s) left"
+        else:
+            state = "PASSED" if last["passed"] else "not passed yet"
+        exercises = targets_met = "-"
+        if last and not last.get("todos"):
+            ex = last.get("exercises", {})
+            exercises = f"{sum(v == 'passed' for v in ex.values())}/{len(ex)}"
+            tg = last.get("targets", {})
+            targets_met = f"{sum(t['met'] for t in tg.values())}/{len(tg)}" if tg else "-"
+        todos = "-" if row["todos"] is None else str(row["todos"])
+        rows.append((row["lab"], row["title"], todos, str(row["attempts"]), state, exercises, targets_met,
+                     "yes" if row["passed_ever"] else "no", last["time"] if last else "-"))
+    print(f"workspace: {workspace.root()}")
+    print(format_table(("lab", "title", "TODOs", "attempts", "last check", "exercises", "targets", "ever passed",
+                        "when"), rows))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,8 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=env.PROFILES)
     run.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     run.set_defaults(func=cmd_run)
+    sub.add_parser("workspace", help="copy labs that are missing into your workspace (never overwrites)"
+                   ).set_defaults(func=cmd_workspace)
+    reset = sub.add_parser("reset", help="move your copy of a lab aside and start from a fresh one")
+    reset.add_argument("lab", help="lab id, e.g. 01_fgsm_mnist")
+    reset.set_defaults(func=cmd_reset)
+    sub.add_parser("progress", help="where you stand in every lab").set_defaults(func=cmd_progress)
     check = sub.add_parser("check", help="execute a learner's notebook and grade it")
-    check.add_argument("notebook")
+    check.add_argument("notebook", help="a notebook path, or a lab id (its copy in your workspace)")
     check.add_argument("--lab", help="lab id (default: the notebook's file name)")
     check.add_argument("--profile", choices=env.PROFILES)
     check.add_argument("--timeout", type=int, default=3600, help="seconds per cell")

@@ -2,10 +2,13 @@
 
 A solution notebook marks what the learner writes with `# BEGIN SOLUTION` / `# END SOLUTION`
 lines (text after BEGIN SOLUTION becomes the TODO hint). `build` replaces each block with a TODO
-comment and `raise NotImplementedError`, drops cells tagged `solution-only`, strips outputs.
+comment and `raise NotImplementedError`, drops cells tagged `solution-only`, strips outputs, and
+marks each cell that calls a check with metadata `{"labkit": {"exercise": name}}`, so grading
+knows the exercises without reading cell text.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -24,6 +27,7 @@ END = re.compile(r"^\s*# END SOLUTION\s*$")
 SOLUTION_ONLY = "solution-only"
 TODO_MARKER = "raise NotImplementedError"
 DEFAULT_HINT = "your code here"
+META = "labkit"  # the cell metadata key build writes: {"exercise": name}
 
 
 class NotebookBuildError(ValueError):
@@ -81,6 +85,49 @@ def clean(nb) -> None:
         nb.metadata.pop(key, None)
 
 
+def exercises_called(source: str) -> list[str]:
+    """The checks a cell calls as statements of its own, `check.<exercise>(...)` or
+    `labkit.check.<exercise>(...)`, found in the parsed code (a string or comment naming a check
+    is not a call). IPython magics and shell lines are left out before parsing."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    found = []
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Expr, ast.Assign, ast.AnnAssign)) else None
+        if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Attribute):
+            continue
+        owner = value.func.value
+        if (isinstance(owner, ast.Name) and owner.id == "check") or (
+                isinstance(owner, ast.Attribute) and owner.attr == "check"
+                and isinstance(owner.value, ast.Name) and owner.value.id == "labkit"):
+            found.append(value.func.attr)
+    return found
+
+
+def mark_exercises(nb) -> None:
+    """Write the exercise metadata on every cell that calls a check; remove stale marks."""
+    for cell in nb.cells:
+        cell.metadata.pop(META, None)
+        if cell.cell_type != "code":
+            continue
+        called = exercises_called(cell.source)
+        if called:
+            cell.metadata[META] = {"exercise": called[0]} if len(called) == 1 else {"exercises": called}
+
+
+def marked_exercises(nb) -> list[tuple[int, str]]:
+    """(cell index, exercise) for every cell `build` marked."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        meta = cell.metadata.get(META, {})
+        for name in ([meta["exercise"]] if "exercise" in meta else meta.get("exercises", [])):
+            found.append((index, name))
+    return found
+
+
 def learner_version(nb, name: str):
     """The learner's notebook made from a solution notebook (a new object)."""
     lab = nbformat.from_dict(json.loads(json.dumps(nb)))
@@ -96,6 +143,7 @@ def learner_version(nb, name: str):
         kept.append(cell)
     lab.cells = kept
     clean(lab)
+    mark_exercises(lab)
     return lab
 
 
@@ -173,9 +221,19 @@ def find_todos(nb) -> list[str]:
     return todos
 
 
+def _first_line(source: str) -> str:
+    for line in source.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line.strip()[:70]
+    return ""
+
+
 def execute(path: Path, profile: str | None = None, timeout: int = 1800, allow_errors: bool = False,
-            results_dir: Path | None = None):
-    """Execute a notebook in its own folder with nbclient; returns the executed notebook."""
+            results_dir: Path | None = None, check_log: Path | None = None, progress=None):
+    """Execute a notebook in its own folder with nbclient; returns the executed notebook.
+
+    progress: called as progress(i, n, cell_index, first_line, elapsed_s) when the i-th of the n
+    code cells starts, so a long run is never silent. check_log: where the checks record verdicts."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
@@ -185,8 +243,21 @@ def execute(path: Path, profile: str | None = None, timeout: int = 1800, allow_e
         kernel_env["LABKIT_PROFILE"] = profile
     if results_dir:
         kernel_env["LABKIT_RESULTS"] = str(results_dir)
+    if check_log:
+        kernel_env["LABKIT_CHECK_LOG"] = str(check_log)
+    hooks = {}
+    if progress is not None:
+        code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        start = time.perf_counter()
+
+        def on_cell_start(cell, cell_index, **_):
+            if cell_index in code_cells:
+                progress(code_cells.index(cell_index) + 1, len(code_cells), cell_index, _first_line(cell.source),
+                         time.perf_counter() - start)
+
+        hooks["on_cell_start"] = on_cell_start
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}}, **hooks)
     # The kernel's own start-up chatter (transport warnings) is not the learner's business;
     # cell errors still arrive as error outputs.
     client.execute(env=kernel_env, stderr=subprocess.DEVNULL)
@@ -198,26 +269,50 @@ def _errors(nb) -> list[tuple[int, dict]]:
             if output.get("output_type") == "error"]
 
 
-def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 1800) -> Grade:
-    """Grade a learner's notebook: TODOs left, each `check.*` exercise, and the lab's targets."""
+def _read_check_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return found
+
+
+def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 1800, progress=None) -> Grade:
+    """Grade a learner's notebook: TODOs left, each exercise `build` marked, and the lab's targets.
+
+    Each check records its own verdict while the notebook runs, so a failed check's sentence is
+    what the learner reads here, and an exercise whose cell never ran says so."""
     nb = nbformat.read(path, as_version=4)
     result = Grade(notebook=str(path), todos=find_todos(nb))
     if result.todos:
         return result  # running would only stop at the first TODO
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        executed = execute(path, profile=profile, timeout=timeout, allow_errors=True, results_dir=Path(tmp))
+        log = Path(tmp) / "checks.jsonl"
+        executed = execute(path, profile=profile, timeout=timeout, allow_errors=True, results_dir=Path(tmp),
+                           check_log=log, progress=progress)
         report_file = Path(tmp) / f"{lab_id}.json"
         if report_file.is_file():
             result.report = json.loads(report_file.read_text())
+        verdicts = {}
+        for entry in _read_check_log(log):  # the last verdict of each exercise counts
+            verdicts[entry["exercise"]] = "passed" if entry["passed"] else entry["message"]
     result.wall_time_s = time.perf_counter() - start
     failed_cells = dict(_errors(executed))
-    for index, cell in enumerate(executed.cells):
-        if cell.cell_type != "code":
-            continue
-        for exercise in re.findall(r"check\.(\w+)\(", cell.source):
-            out = failed_cells.get(index)
-            result.exercises[exercise] = "passed" if out is None else f"{out['ename']}: {out['evalue']}"
+    for index, exercise in marked_exercises(executed):
+        if exercise in verdicts:
+            result.exercises[exercise] = verdicts[exercise]
+        elif index in failed_cells:
+            out = failed_cells[index]
+            result.exercises[exercise] = f"{out['ename']}: {out['evalue']}"
+        else:
+            result.exercises[exercise] = f"not checked: cell {index + 1} ran without calling check.{exercise}"
+    for exercise, verdict in verdicts.items():  # checks called in cells build did not mark
+        result.exercises.setdefault(exercise, verdict)
     for index, output in failed_cells.items():
         if output["ename"] in ("ExerciseFailed", "TargetMissed"):
             continue

@@ -1,7 +1,15 @@
+import json
+
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from labkit import cli
+from labkit import cli, notebooks, workspace
+
+
+@pytest.fixture(autouse=True)
+def own_workspace(tmp_path, monkeypatch):
+    monkeypatch.setenv(workspace.WORKSPACE_ENV, str(tmp_path / "workspace"))
 
 
 def test_list_shows_the_catalogue(capsys):
@@ -65,3 +73,24 @@ def test_check_on_a_renamed_notebook_suggests_the_lab_option(tmp_path, capsys):
     nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), path)
     assert cli.main(["check", str(path)]) == 2
     assert "--lab" in capsys.readouterr().err
+
+
+def test_check_by_lab_id_shows_progress_and_keeps_the_attempt(tmp_path, capsys):
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    nb = new_notebook(cells=[
+        new_code_cell("from labkit.check.common import Feedback\n"
+                      "class check:\n    def double(fn):\n        return Feedback('double', fn(2) == 4, 'ok').show()"),
+        new_code_cell("check.double(lambda x: 2 * x)"),
+        new_code_cell("import labkit\nlabkit.report('01_fgsm_mnist', {'clean_accuracy': 0.99})"),
+    ])
+    notebooks.mark_exercises(nb)
+    nbformat.write(nb, ws / "01_fgsm_mnist.ipynb")
+    assert cli.main(["check", "01_fgsm_mnist", "--timeout", "120"]) == 1
+    out = capsys.readouterr().out
+    assert "[ 1/3]" in out and "[ 3/3]" in out and "cell 2: check.double(lambda x: 2 * x)" in out
+    assert "exercise double: passed" in out and "target clean_accuracy" in out and "NOT PASSED YET" in out
+    attempt = json.loads((ws / "attempts" / "01_fgsm_mnist.jsonl").read_text())
+    assert attempt["exercises"] == {"double": "passed"} and not attempt["passed"]
+    assert attempt["targets"]["clean_accuracy"]["met"] and not attempt["targets"]["fgsm_accuracy"]["met"]
+    assert attempt["profile"] == "quick" and attempt["wall_time_s"] > 0

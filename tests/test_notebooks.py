@@ -93,16 +93,21 @@ score = { min = 0.5 }
 """
 
 EXERCISE = '''
-class ExerciseFailed(AssertionError):
-    pass
+from labkit.check.common import Feedback, fail
 
 class check:
     @staticmethod
     def double(fn):
         if fn(2) != 4:
-            raise ExerciseFailed(f"double(2) returned {fn(2)}; multiply by two")
-        print("double: correct")
+            fail("double", f"double(2) returned {fn(2)}; multiply by two")
+        return Feedback("double", True, "correct").show()
 '''
+
+
+def _built_lab(tmp_path, cells):
+    folder = _solution(tmp_path, cells)
+    notebooks.build(folder, tmp_path / "labs")
+    return tmp_path / "labs" / "toy_lab.ipynb"
 
 
 @pytest.mark.parametrize("body, score, exercise_ok, passed", [
@@ -114,14 +119,50 @@ def test_grade_reports_exercises_and_targets(tmp_path, monkeypatch, body, score,
     targets_file = tmp_path / "targets.toml"
     targets_file.write_text(GRADED_TARGETS)
     monkeypatch.setenv("LABKIT_TARGETS", str(targets_file))
-    folder = _solution(tmp_path, [
+    lab = _built_lab(tmp_path, [
         new_code_cell(EXERCISE), new_code_cell(body), new_code_cell("check.double(double)"),
         new_code_cell(f"import labkit\nlabkit.report('toy_lab', {{'score': {score}}})"),
     ])
-    grade = notebooks.grade(folder / "toy_lab.ipynb", "toy_lab", profile="quick", timeout=120)
+    grade = notebooks.grade(lab, "toy_lab", profile="quick", timeout=120)
     assert grade.todos == []
     assert (grade.exercises["double"] == "passed") is exercise_ok
     if not exercise_ok:
         assert "multiply by two" in grade.exercises["double"]
     assert grade.report is not None and grade.report["passed"] is (score > 0.5)
     assert grade.passed is passed
+
+
+def test_build_marks_exercise_cells_in_metadata_not_by_text(tmp_path):
+    lab = _built_lab(tmp_path, [
+        new_code_cell("%matplotlib inline\nfrom labkit import check"),
+        new_code_cell("check.fgsm(fgsm)"),
+        new_code_cell('assert gap < 0.01, "your FGSM and cleverhans disagree: re-run check.fgsm(fgsm)"'),
+        new_code_cell("labkit.check.perturb(perturb, eps_now, 1.25)  # check.other(x) in a comment"),
+    ])
+    nb = nbformat.read(lab, as_version=4)
+    assert [c.metadata.get("labkit") for c in nb.cells] == [None, {"exercise": "fgsm"}, None, {"exercise": "perturb"}]
+    assert notebooks.marked_exercises(nb) == [(1, "fgsm"), (3, "perturb")]
+
+
+def test_grade_keeps_the_checks_own_verdict_and_shows_progress(tmp_path):
+    lab = _built_lab(tmp_path, [
+        new_code_cell(EXERCISE),
+        new_code_cell("def double(x):\n    return 2 * x"),
+        new_code_cell("check.double(double)"),
+        # an assert whose message names the check must not overwrite the check's verdict
+        new_code_cell('assert False, "re-run check.double(double)"'),
+        new_code_cell("undefined_name"),
+        new_code_cell("check.missing(double)"),
+        new_code_cell("check.triple(double)"),
+    ])
+    nb = nbformat.read(lab, as_version=4)
+    nb.cells[6].source = "# check.triple(double) commented out by the learner"
+    nbformat.write(nb, lab)
+    seen = []
+    grade = notebooks.grade(lab, "toy_lab", timeout=120, progress=lambda *a: seen.append(a))
+    assert grade.exercises["double"] == "passed"
+    assert grade.exercises["missing"] == "AttributeError: type object 'check' has no attribute 'missing'"
+    assert grade.exercises["triple"] == "not checked: cell 7 ran without calling check.triple"
+    assert any("re-run check.double" in e for e in grade.errors)
+    assert [(i, n) for i, n, *_ in seen] == [(i, 7) for i in range(1, 8)]
+    assert seen[2][3] == "check.double(double)"  # the running cell's first line

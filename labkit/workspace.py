@@ -1,0 +1,132 @@
+"""The learner's workspace: their own copies of the labs, which nothing in the kit overwrites.
+
+`labs/` is generated and `labkit build` may rewrite it at any time; learners work in
+`workspace/` (git-ignored), which `fill` stocks from `labs/` by adding labs that are missing and
+never replacing a file. `reset` moves a learner's copy aside into `workspace/previous/` and puts a
+fresh one in its place. Every `labkit check` appends its result to `workspace/attempts/<lab>.jsonl`,
+which `labkit progress` reads back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from . import targets
+
+WORKSPACE_ENV = "LABKIT_WORKSPACE"
+
+
+def root() -> Path:
+    """The workspace folder: $LABKIT_WORKSPACE, else workspace/ beside labs/ in the checkout."""
+    if os.environ.get(WORKSPACE_ENV):
+        return Path(os.environ[WORKSPACE_ENV])
+    return (targets.repo_root() or Path.cwd()) / "workspace"
+
+
+def _labs_dir() -> Path:
+    return (targets.repo_root() or Path.cwd()) / "labs"
+
+
+def fill(labs: Path | None = None, workspace: Path | None = None) -> tuple[list[str], list[str]]:
+    """Copy every lab notebook that the workspace lacks; never touch one it has.
+    Returns (names added, names already there)."""
+    labs, workspace = labs or _labs_dir(), workspace or root()
+    workspace.mkdir(parents=True, exist_ok=True)
+    added, kept = [], []
+    for source in sorted(labs.glob("*.ipynb")):
+        target = workspace / source.name
+        try:
+            with open(target, "xb") as f:  # "x": fails if the file exists, so a race cannot overwrite either
+                f.write(source.read_bytes())
+            added.append(source.name)
+        except FileExistsError:
+            kept.append(source.name)
+    return added, kept
+
+
+def notebook_name(lab: str) -> str:
+    """A lab id from the catalogue, or a notebook file name, as the notebook's file name."""
+    try:
+        return targets.lab(lab)["notebook"]
+    except targets.UnknownLab:
+        name = Path(lab).name
+        return name if name.endswith(".ipynb") else f"{name}.ipynb"
+
+
+def reset(lab: str, labs: Path | None = None, workspace: Path | None = None) -> tuple[Path | None, Path]:
+    """Move the learner's copy of `lab` into workspace/previous/ (stamped with the time, never
+    overwriting) and copy a fresh one from labs/. Returns (where the old copy went, the fresh copy)."""
+    labs, workspace = labs or _labs_dir(), workspace or root()
+    name = notebook_name(lab)
+    source = labs / name
+    if not source.is_file():
+        known = ", ".join(p.stem for p in sorted(labs.glob("*.ipynb")))
+        raise targets.UnknownLab(f"No lab notebook {source}; the labs are: {known}.")
+    current = workspace / name
+    moved = None
+    if current.exists():
+        previous = workspace / "previous"
+        previous.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = previous / f"{current.stem}.{stamp}.ipynb"
+        n = 1
+        while moved.exists():
+            n += 1
+            moved = previous / f"{current.stem}.{stamp}-{n}.ipynb"
+        current.rename(moved)
+    workspace.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, current)
+    return moved, current
+
+
+# ---- attempts ---------------------------------------------------------------------------------
+
+def attempts_file(lab_id: str, workspace: Path | None = None) -> Path:
+    return (workspace or root()) / "attempts" / f"{lab_id}.jsonl"
+
+
+def record_attempt(lab_id: str, attempt: dict, workspace: Path | None = None) -> Path:
+    path = attempts_file(lab_id, workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(attempt, default=str) + "\n")
+    return path
+
+
+def attempts(lab_id: str, workspace: Path | None = None) -> list[dict]:
+    path = attempts_file(lab_id, workspace)
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by an interrupted run: skip it
+            continue
+    return found
+
+
+def progress(workspace: Path | None = None) -> list[dict]:
+    """Where the learner stands in each catalogued lab: copied or not, TODOs left, attempts, last result."""
+    from .notebooks import find_todos
+
+    import nbformat
+
+    workspace = workspace or root()
+    rows = []
+    for lab_id, entry in targets.catalogue().items():
+        path = workspace / entry["notebook"]
+        todos = None
+        if path.is_file():
+            try:
+                todos = len(find_todos(nbformat.read(path, as_version=4)))
+            except Exception:  # noqa: BLE001 - a notebook the learner broke still gets a row
+                todos = None
+        tries = attempts(lab_id, workspace)
+        last = tries[-1] if tries else None
+        rows.append({"lab": lab_id, "title": entry["title"], "in_workspace": path.is_file(), "todos": todos,
+                     "attempts": len(tries), "passed_ever": any(t.get("passed") for t in tries), "last": last})
+    return rows
