@@ -65,3 +65,11 @@ def test_every_pin_agrees_with_the_constraints_file():
         name, version = requirement.split("==")
         name = re.sub(r"\[.*\]", "", name)
         assert constraints.get(re.sub(r"[-_.]+", "-", name).lower()) == version, f"{requirement} disagrees with constraints.txt"
+
+
+def test_every_lab_marks_its_checks_for_grading():
+    """`labkit check` grades the exercises `labkit build` marked in cell metadata."""
+    for path in sorted((ROOT / "labs").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        if notebooks.find_todos(nb):
+            assert notebooks.marked_exercises(nb), f"{path.name}: no cell calls a labkit check"
