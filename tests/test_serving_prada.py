@@ -49,3 +49,19 @@ def test_the_all_layers_default_does_not_flag_long_honest_streams(credit):
           f"{d.prada_threshold}: {published_flagged} of {STREAMS} flagged, lowest W {min(published_worst):.3f}")
     assert d.prada_test == "reference" and flagged == 0, worst
     assert max(worst) < d.prada_ks_threshold - 0.03  # a margin, not a near miss
+
+
+def test_probing_detection_spares_long_honest_streams(credit):
+    """The probing detector's default limit: with 10 near-duplicates in 50 queries it flagged 4 of these
+    20 honest streams of 3,000 held-out clients (their busiest 50-query windows hold 6 to 11)."""
+    model, X, Xt = credit
+    d = Defences()
+    monitor = QueryMonitor(extraction=False, probing=True, probe_radius=QueryMonitor.calibrate_radius(model, X),
+                           probe_limit=d.probe_limit, probe_window=d.probe_window)
+    feats = model.features(Xt)
+    for s in range(20):
+        for i in np.random.default_rng(100 + s).permutation(len(Xt))[:3_000]:
+            monitor.observe(f"bank_{s}", feats[i], 0)
+    flagged = [f"{f.client} after {f.after_queries}" for f in monitor.flags.values()]
+    print(f"\nprobing (limit {d.probe_limit} of {d.probe_window}): {len(flagged)} of 20 honest streams of 3,000 flagged")
+    assert not flagged, flagged
