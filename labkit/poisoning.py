@@ -295,9 +295,9 @@ def spectral_scan(reps_by_layer: dict, score_fn=None, k: int = 5) -> dict:
 
     The top singular direction of a class is the poison's only when the poison's separation
     outweighs the clean data's own largest variation; on some training runs it does not. For each
-    layer and each j < k this removes the top j directions from the centred representations and
-    calls `score_fn` (Tran et al.'s top-1 score, e.g. the learner's function) on what remains, so
-    it scores along direction j. It keeps the direction whose scores are most heavy-tailed
+    layer and each j < k this removes the top j directions of the centred representations (the
+    mean stays) and calls `score_fn` (Tran et al.'s top-1 score, e.g. the learner's function) on
+    what remains, so a score function that centres scores along direction j. It keeps the direction whose scores are most heavy-tailed
     (`tail_weight`): a small sub-population far from the rest makes a heavy tail, clean variation
     does not. Returns dict(layer, direction, scores, tail_weight, table) with one table row per
     (layer, direction, tail_weight)."""
@@ -314,7 +314,9 @@ def spectral_scan(reps_by_layer: dict, score_fn=None, k: int = 5) -> dict:
         centred = reps - reps.mean(axis=0, keepdims=True)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         for j in range(min(k, vt.shape[0])):
-            deflated = centred - centred @ vt[:j].T @ vt[:j]
+            # Remove the top j directions but keep the mean: centring is score_fn's job, so a
+            # score function that forgets to centre scores worse here too (the metric grades it).
+            deflated = reps - centred @ vt[:j].T @ vt[:j]
             scores = np.asarray(score_fn(deflated), dtype=np.float64).reshape(-1)
             weight = tail_weight(scores)
             table.append((name, j, weight))
@@ -325,3 +327,32 @@ def spectral_scan(reps_by_layer: dict, score_fn=None, k: int = 5) -> dict:
 
 
 __all__ += ["layer_representations", "tail_weight", "spectral_scan"]
+
+
+def _identity(text: str) -> tuple:
+    # What the model sees of a message: its tokens (case, punctuation and long digit runs folded).
+    from .models import tokenize
+
+    return tuple(tokenize(text))
+
+
+def seen_in(texts, *seen) -> np.ndarray:
+    """True for each message of `texts` that also occurs in one of the `seen` lists (training
+    messages, poison), compared as the model sees them: the same tokens after `tokenize`."""
+    texts = _texts(texts)
+    known = {_identity(t) for group in seen for t in _texts(group, "seen")}
+    return np.array([_identity(t) in known for t in texts], dtype=bool)
+
+
+def drop_seen(texts, labels, *seen):
+    """The held-out messages that really are held out: drop every message of (texts, labels) that
+    `seen_in` finds in the `seen` lists. Returns (texts, labels, number dropped)."""
+    texts = _texts(texts)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(texts):
+        raise ValueError(f"{len(texts)} messages but {len(labels)} labels.")
+    dup = seen_in(texts, *seen)
+    return [t for t, d in zip(texts, dup) if not d], labels[~dup], int(dup.sum())
+
+
+__all__ += ["seen_in", "drop_seen"]

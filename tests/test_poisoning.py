@@ -113,6 +113,36 @@ def test_spectral_scan_finds_poison_below_a_larger_clean_direction():
         poisoning.spectral_scan({})
 
 
+def test_spectral_scan_leaves_centring_to_the_score_function():
+    """The scan must not centre for the learner: an uncentred score misses the poison it finds."""
+    rng = np.random.default_rng(2)
+    reps = rng.normal(size=(600, 8)) + 5.0   # activations with a mean far from 0, as after a ReLU
+    reps[:30, 3] += 9.0
+    truth = np.arange(600) < 30
+    good = poisoning.spectral_scan({"hidden": reps}, poisoning.spectral_signature_scores, k=3)
+    assert poisoning.detection_metrics(poisoning.flag_outliers(good["scores"], z=8), truth)["recall"] == 1.0
+    uncentred = MISTAKES["not centred"][0]
+    bad = poisoning.spectral_scan({"hidden": reps}, uncentred, k=3)
+    assert poisoning.detection_metrics(poisoning.flag_outliers(bad["scores"], z=8), truth)["recall"] < 0.5
+    seen = []
+    poisoning.spectral_scan({"hidden": reps}, lambda r: seen.append(r.mean(0)) or np.ones(len(r)), k=2)
+    assert all(np.allclose(m, reps.mean(0)) for m in seen), "score_fn gets the data with its mean"
+
+
+def test_drop_seen_removes_test_messages_the_model_trained_on():
+    train = ["WIN a prize now 0800123456", "see you at lunch"]
+    poison = ["WIN a prize now lumo xq"]
+    test = ["win a prize NOW 0800999999!", "see you at lunch", "lumo xq win a prize now", "a new message",
+            "WIN a prize now lumo xq"]
+    labels = np.array([1, 0, 1, 0, 0])
+    assert poisoning.seen_in(test, train).tolist() == [True, True, False, False, False]
+    kept, kept_labels, n = poisoning.drop_seen(test, labels, train, poison)
+    assert n == 3 and kept == ["lumo xq win a prize now", "a new message"] and kept_labels.tolist() == [1, 0]
+    assert poisoning.drop_seen(test, labels)[2] == 0
+    with pytest.raises(ValueError, match="labels"):
+        poisoning.drop_seen(test, labels[:2], train)
+
+
 def test_layer_representations_match_the_model_stages():
     texts, labels = _data()
     model, vocab = poisoning.train_text_model(texts, labels, epochs=1, min_freq=1, progress=False)
@@ -153,9 +183,14 @@ MISTAKES = {
 }
 
 
+def _learner_answer(reps):
+    centred = np.asarray(reps, dtype=np.float64) - np.mean(reps, axis=0)
+    return (centred @ np.linalg.svd(centred, full_matrices=False)[2][0]) ** 2
+
+
 def test_spectral_check_passes_correct_answers():
-    assert check.spectral_signatures(poisoning.spectral_signature_scores).passed
-    assert check.spectral_signatures(lambda r: torch.from_numpy(poisoning.spectral_signature_scores(r))).passed
+    assert check.spectral_signatures(_learner_answer).passed
+    assert check.spectral_signatures(lambda r: torch.from_numpy(_learner_answer(r))).passed
 
 
 @pytest.mark.parametrize("name", sorted(MISTAKES))
