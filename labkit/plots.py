@@ -1,4 +1,4 @@
-"""Figures the labs share: adversarial-example grids and accuracy-against-budget curves."""
+"""Figures the labs share: adversarial-example grids, accuracy-against-budget curves, attack ladders."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -47,4 +47,23 @@ def accuracy_curves(curves: dict, points: dict | None = None, title: str = "Accu
     ax.set(xlabel=xlabel, ylabel="test accuracy", ylim=(-0.03, 1.03), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def attack_ladder(ladder, title: str = "Accuracy under ever stronger attacks", highlight: str | None = None):
+    """Horizontal bars, one per rung of an `attacks.Ladder` (weakest at the top), each labelled with
+    its accuracy and image count; the `highlight` rung (default: the ladder's worst case) in red."""
+    rows = ladder.rows()
+    highlight = highlight or getattr(ladder, "worst_name", None)
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
+    names = [f"{name} ({n})" for name, n, _, _ in rows]
+    accs = [acc for _, _, acc, _ in rows]
+    colours = ["C3" if name == highlight else "C0" for name, _, _, _ in rows]
+    bars = ax.barh(names, accs, color=colours)
+    for bar, acc in zip(bars, accs):
+        ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2, f"{acc:.1%}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.1), xlabel="test accuracy under attack (images attacked)", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
     return fig
