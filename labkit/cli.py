@@ -78,6 +78,9 @@ def cmd_data(args) -> int:
 
 
 def cmd_build(args) -> int:
+    if not args.check:
+        for copy in workspace.rescue_edited_labs(notebooks.planned_labs()):
+            print(f"kept your work from labs/ at {copy}")
     stale = notebooks.build(check=args.check)
     if args.check:
         if stale:

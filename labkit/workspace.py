@@ -130,3 +130,47 @@ def progress(workspace: Path | None = None) -> list[dict]:
         rows.append({"lab": lab_id, "title": entry["title"], "in_workspace": path.is_file(), "todos": todos,
                      "attempts": len(tries), "passed_ever": any(t.get("passed") for t in tries), "last": last})
     return rows
+
+
+def _committed(path: Path) -> bool:
+    """True when git says the file is exactly as committed (then nobody worked in it)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", path.name], cwd=path.parent,
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and subprocess.run(
+        ["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent, capture_output=True).returncode == 0
+
+
+def rescue_edited_labs(planned: dict[str, str], labs: Path | None = None, workspace: Path | None = None) -> list[Path]:
+    """Before `labkit build` rewrites labs/, keep a copy of every lab notebook someone worked in
+    (fewer TODOs left than the fresh version has): learners of older kits worked in labs/.
+    The copy goes to workspace/previous/, and to the workspace itself if it has no copy yet."""
+    import nbformat
+
+    from .notebooks import find_todos
+
+    labs, workspace = labs or _labs_dir(), workspace or root()
+    kept = []
+    for name, text in planned.items():
+        current = labs / name
+        if not current.is_file() or current.read_text() == text:
+            continue
+        try:
+            worked = len(find_todos(nbformat.read(current, as_version=4))) < len(find_todos(nbformat.reads(text, 4)))
+        except Exception:  # noqa: BLE001 - an unreadable notebook is kept too, to be safe
+            worked = True
+        if not worked or _committed(current):
+            continue
+        previous = workspace / "previous"
+        previous.mkdir(parents=True, exist_ok=True)
+        copy = previous / f"{current.stem}.from-labs.{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
+        shutil.copyfile(current, copy)
+        kept.append(copy)
+        if not (workspace / name).exists():
+            shutil.copyfile(current, workspace / name)
+            kept.append(workspace / name)
+    return kept

@@ -157,3 +157,18 @@ def test_cli_workspace_reset_and_progress(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "01_fgsm_mnist" in out and "not passed yet" in out and "1/2" in out and "not checked yet" in out
     assert json.loads((ws / "attempts" / "01_fgsm_mnist.jsonl").read_text())["exercises"]["fgsm"] == "passed"
+
+
+def test_build_keeps_work_done_in_labs_by_an_older_kit(tmp_path, monkeypatch, capsys):
+    root = _kit(tmp_path, monkeypatch)
+    assert cli.main(["build"]) == 0
+    _learner_answers(root / "labs" / "01_lab.ipynb")  # worked in labs/, as the old kit let learners do
+    answered = (root / "labs" / "01_lab.ipynb").read_text()
+    _solution(root / "solutions", "01_lab.ipynb", "a new hint")  # the kit is updated
+    assert cli.main(["build"]) == 0
+    assert "kept your work from labs/" in capsys.readouterr().out
+    assert (root / "workspace" / "01_lab.ipynb").read_text() == answered
+    assert [p.read_text() for p in (root / "workspace" / "previous").glob("01_lab.from-labs.*.ipynb")] == [answered]
+    assert "a new hint" in (root / "labs" / "01_lab.ipynb").read_text()
+    assert cli.main(["build"]) == 0  # a stale but untouched lab is simply rebuilt
+    assert len(list((root / "workspace" / "previous").glob("*.ipynb"))) == 1
