@@ -11,6 +11,11 @@ many members the attacker can name with confidence.
 
 Members and non-members are balanced (the larger set is subsampled, seeded), so an AUC of 0.5
 means chance and the base rate does not flatter the attack.
+
+A model that generalises well is confident on easy non-members too, and a plain loss threshold
+then sees little. Difficulty calibration (Watson et al. 2022) compares each example's loss with its
+loss under a *reference* model trained the same way on other data: `reference=` scores by
+loss(reference) - loss(model), so "easy for everyone" no longer looks like "member".
 """
 from __future__ import annotations
 
@@ -80,9 +85,11 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float = 0.01) -> float
 
 
 def loss_threshold_attack(model: nn.Module, x_members, y_members, x_nonmembers, y_nonmembers, seed: int = 0,
-                          size: int | None = None, device=None) -> AttackResult:
+                          size: int | None = None, device=None, reference: nn.Module | None = None) -> AttackResult:
     """Score every example by minus its loss (a lower loss looks more like a member), on balanced
-    member and non-member sets, and summarise the ROC curve (scikit-learn's roc_curve and roc_auc_score)."""
+    member and non-member sets, and summarise the ROC curve (scikit-learn's roc_curve and roc_auc_score).
+    With `reference` (a model trained the same way on none of these examples) the score is
+    loss(reference) - loss(model): difficulty calibration. The result keeps the model's own losses."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     if len(x_members) != len(y_members) or len(x_nonmembers) != len(y_nonmembers):
@@ -93,6 +100,9 @@ def loss_threshold_attack(model: nn.Module, x_members, y_members, x_nonmembers, 
     nonmember = example_losses(model, x_nonmembers[ni], y_nonmembers[ni], device)
     labels = np.r_[np.ones(len(member)), np.zeros(len(nonmember))]
     scores = -np.r_[member, nonmember]
+    if reference is not None:
+        scores = scores + np.r_[example_losses(reference, x_members[mi], y_members[mi], device),
+                                example_losses(reference, x_nonmembers[ni], y_nonmembers[ni], device)]
     fpr, tpr, _ = roc_curve(labels, scores)
     return AttackResult(auc=float(roc_auc_score(labels, scores)), tpr_at_1_fpr=tpr_at_fpr(fpr, tpr, 0.01),
                         advantage=float(np.max(tpr - fpr)), n_members=len(member), n_nonmembers=len(nonmember),

@@ -89,25 +89,35 @@ def delta_advice(delta: float, n: int) -> str:
     """One verdict on delta for n records, by the rule the labs use: delta must be below 1/n (else
     `check_delta` refuses it) and *well* below, meaning n * delta <= 0.1 (delta <= 1 / (10 n))."""
     if not 0 < delta < 1 or delta >= 1 / n:
-        return f"TOO LARGE: n * delta = {n * delta:.2g} >= 1 (choose delta <= {0.1 / n:.1g})"
+        return f"TOO LARGE: n * delta = {n * delta:.2g} >= 1 (choose delta <= {0.1 / n:.2g})"
     if n * delta > 0.1:
-        return f"below 1/n but not well below: n * delta = {n * delta:.2g} > 0.1 (choose delta <= {0.1 / n:.1g})"
+        return f"below 1/n but not well below: n * delta = {n * delta:.2g} > 0.1 (choose delta <= {0.1 / n:.2g})"
     return f"OK: n * delta = {n * delta:.2g} <= 0.1"
 
 
-def split_cohorts(y, dev_fraction: float = 0.5, seed: int = 0):
+def split_cohorts(y, dev_fraction: float = 0.5, seed: int = 0, x=None):
     """Index arrays (private, development) of a stratified split of the records.
 
     The development cohort is held apart for every decision and experiment (tuning, sweeps,
     attacks) and its privacy is not claimed (in practice: a public dataset or consenting
-    patients); the private cohort is touched only by the final DP training run."""
+    patients); the private cohort is touched only by the final DP training run. With `x`, identical
+    images (the same X-ray stored twice) land in the same cohort, so no private record is also a
+    development record."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < dev_fraction < 1:
         raise ValueError(f"dev_fraction must lie strictly between 0 and 1 (got {dev_fraction!r}).")
     y = np.asarray(y)
-    private, dev = train_test_split(np.arange(len(y)), test_size=dev_fraction, random_state=seed, stratify=y)
-    return np.sort(private), np.sort(dev)
+    if x is None:
+        groups = np.arange(len(y))
+    else:
+        keys = _row_hashes(x)
+        first = {}
+        groups = np.array([first.setdefault(k, i) for i, k in enumerate(keys)])
+    heads = np.unique(groups)  # one representative per distinct image
+    _, dev_heads = train_test_split(heads, test_size=dev_fraction, random_state=seed, stratify=y[heads])
+    is_dev = np.isin(groups, dev_heads)
+    return np.flatnonzero(~is_dev), np.flatnonzero(is_dev)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,12 +160,16 @@ def compose_epsilon(history, delta: float, accountant: str = "opacus-rdp") -> fl
     return float(acc.compose(event).get_epsilon(delta))
 
 
-def _fingerprints(x) -> frozenset:
+def _row_hashes(x) -> list:
     """One short hash per example, of its image as the training loop sees it (uint8 and [0, 1]
     floats of the same image agree)."""
     xt, _ = train.to_tensors(x, np.zeros(len(x), dtype=np.int64))
     rows = xt.reshape(len(xt), -1).numpy().astype(np.float32)
-    return frozenset(hashlib.blake2b(r.tobytes(), digest_size=12).digest() for r in rows)
+    return [hashlib.blake2b(r.tobytes(), digest_size=12).digest() for r in rows]
+
+
+def _fingerprints(x) -> frozenset:
+    return frozenset(_row_hashes(x))
 
 
 @dataclass(frozen=True)

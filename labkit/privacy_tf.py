@@ -6,8 +6,10 @@ the comparison), so they stay fast to import and test.
 
     tf = privacy_tf.setup_tf(seed)                 # Keras 2 (tf-keras), threads, seeds
     model = privacy_tf.dp_model(l2_norm_clip=1.0, noise_multiplier=0.7)   # fast clipping path
-    sigma = privacy_tf.noise_for_epsilon(3.0, n=60_000, batch_size=512, epochs=1, delta=1e-5)
-    privacy_tf.accounting_table(n=60_000, batch_size=512, epochs=1, noise_multiplier=sigma, delta=1e-5)
+    sigma = privacy_tf.noise_for_epsilon(3.0, n=60_000, batch_size=512, epochs=1, delta=1e-6)
+    log = privacy_tf.poisson_fit(model, x, y, batch_size=512, epochs=1)   # the sampling the epsilon assumes
+    privacy_tf.spent_epsilon(log, sigma, delta=1e-6)                    # epsilon of the steps the log records
+    privacy_tf.accounting_table(n=60_000, batch_size=512, epochs=1, noise_multiplier=sigma, delta=1e-6)
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 
 __all__ = [
     "setup_tf", "tanh_cnn_layers", "conv_reference_model", "plain_model", "dp_model", "dp_optimizer_model",
     "layer_registry", "dense_over_positions", "seconds_per_example", "steps_for", "dp_sgd_event",
-    "dp_sgd_epsilon", "noise_for_epsilon", "fit", "accuracy", "tf_privacy_statement", "deprecated_epsilon", "opacus_epsilon",
+    "dp_sgd_epsilon", "noise_for_epsilon", "fit", "poisson_fit", "poisson_batches", "padded_size", "TrainingLog",
+    "spent_epsilon", "batch_size_spread", "accuracy", "tf_privacy_statement", "deprecated_epsilon", "opacus_epsilon",
     "accounting_table", "KerasVersionError",
 ]
 
@@ -238,17 +242,34 @@ def _check_dp_args(l2_norm_clip: float, noise_multiplier: float):
                          "noise_for_epsilon(target_eps, ...).")
 
 
-def fit(model, x, y, batch_size: int, epochs: int = 1, desc: str = "training", seed: int = 0) -> float:
-    """model.fit with shuffled fixed-size batches and a tqdm progress bar; returns the wall seconds.
-    (tqdm.keras imports Keras 3, which must not meet tf.keras in one process; hence this callback.)"""
+@dataclass
+class TrainingLog:
+    """What a training run did, as the accountant needs it: how it sampled, how many steps, and the
+    size of every batch (Poisson sampling: the number of real examples, padding excluded)."""
+
+    n: int
+    batch_size: int  # the fixed batch size, or the expected one under Poisson sampling
+    epochs: float
+    sampling: str  # "poisson" or "shuffled" (fixed-size batches of a shuffled epoch)
+    steps: int
+    seconds: float
+    batch_sizes: list = field(default_factory=list, repr=False)
+    padded_to: int | None = None
+
+    @property
+    def sample_rate(self) -> float:
+        return self.batch_size / self.n
+
+
+def _progress_callback(total: int, desc: str):
+    """A tqdm bar as a Keras callback (tqdm.keras imports Keras 3, which must not meet tf.keras)."""
     from tqdm.auto import tqdm
 
     tf = _tf()
-    steps = math.ceil(len(x) / batch_size)
 
     class Progress(tf.keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.bar = tqdm(total=steps * epochs, desc=desc, unit="step")
+            self.bar = tqdm(total=total, desc=desc, unit="step")
 
         def on_train_batch_end(self, batch, logs=None):
             self.bar.update(1)
@@ -258,10 +279,112 @@ def fit(model, x, y, batch_size: int, epochs: int = 1, desc: str = "training", s
         def on_train_end(self, logs=None):
             self.bar.close()
 
+    return Progress()
+
+
+def fit(model, x, y, batch_size: int, epochs: int = 1, desc: str = "training", seed: int = 0) -> TrainingLog:
+    """model.fit with shuffled fixed-size batches and a progress bar. Fine for a non-private model; a DP
+    model trained this way does not get the Poisson-sampling epsilon (`spent_epsilon` says so)."""
+    tf = _tf()
+    per_epoch = math.ceil(len(x) / batch_size)
     tf.keras.utils.set_random_seed(seed)
     start = time.perf_counter()
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0, callbacks=[Progress()])
-    return time.perf_counter() - start
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+              callbacks=[_progress_callback(per_epoch * epochs, desc)])
+    sizes = ([batch_size] * (len(x) // batch_size) + ([len(x) % batch_size] if len(x) % batch_size else [])) * epochs
+    return TrainingLog(n=len(x), batch_size=batch_size, epochs=epochs, sampling="shuffled", steps=per_epoch * epochs,
+                       seconds=time.perf_counter() - start, batch_sizes=sizes)
+
+
+def padded_size(n: int, batch_size: int, spread: float = 4.0, multiple: int = 8) -> int:
+    """A fixed batch shape for Poisson sampling: the expected size plus `spread` standard deviations,
+    rounded up to a multiple of 8. Larger batches (about 3 in 100,000 at 4 deviations) get their own shape."""
+    q = batch_size / n
+    top = batch_size + spread * math.sqrt(n * q * (1 - q))
+    return int(math.ceil(top / multiple) * multiple)
+
+
+def poisson_batches(n: int, batch_size: int, steps: int, seed: int = 0):
+    """Yield `steps` index arrays, each example included independently with probability batch_size / n:
+    the sampling that DP-SGD's amplification-by-subsampling analysis assumes."""
+    import numpy as np
+
+    if not 0 < batch_size <= n:
+        raise ValueError(f"need 0 < batch_size <= n, got batch_size={batch_size!r}, n={n!r}.")
+    rng = np.random.default_rng(seed)
+    q = batch_size / n
+    for _ in range(steps):
+        yield np.flatnonzero(rng.random(n) < q)
+
+
+def poisson_fit(model, x, y, batch_size: int, epochs: float = 1, desc: str = "DP-SGD, Poisson sampling",
+                seed: int = 0) -> TrainingLog:
+    """Train `model` for steps_for(n, batch_size, epochs) steps, each on a Poisson-sampled batch.
+
+    Keras wants one batch shape, so each batch is padded to `padded_size` with examples of weight 0
+    (TF Privacy's fast clipping applies weights before clipping, so a padded example contributes
+    nothing). The DP model divides its clipped sum plus noise by the padded size; the learning rate is
+    scaled by padded / batch_size so that each step equals (sum + noise) / batch_size, as in Opacus."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    tf = _tf()
+    x, y = np.asarray(x), np.asarray(y)
+    n = len(x)
+    steps = steps_for(n, batch_size, epochs)
+    shape = padded_size(n, batch_size)
+    lr = float(tf.keras.backend.get_value(model.optimizer.learning_rate))
+    tf.keras.utils.set_random_seed(seed)
+    sizes, current = [], None
+    start = time.perf_counter()
+    try:
+        for idx in tqdm(poisson_batches(n, batch_size, steps, seed), total=steps, desc=desc, unit="step"):
+            size = shape if len(idx) <= shape else int(math.ceil(len(idx) / 8) * 8)
+            if size != current:
+                model.optimizer.learning_rate.assign(lr * size / batch_size)
+                current = size
+            pad = np.zeros(size - len(idx), dtype=np.int64)
+            take = np.r_[idx, pad]
+            weights = np.r_[np.ones(len(idx)), np.zeros(len(pad))].astype("float32")
+            model.train_on_batch(x[take], y[take], sample_weight=weights)
+            sizes.append(len(idx))
+    finally:
+        model.optimizer.learning_rate.assign(lr)
+    return TrainingLog(n=n, batch_size=batch_size, epochs=epochs, sampling="poisson", steps=steps,
+                       seconds=time.perf_counter() - start, batch_sizes=sizes, padded_to=shape)
+
+
+def batch_size_spread(log: TrainingLog) -> float:
+    """The standard deviation of the logged batch sizes over the one Poisson sampling implies,
+    sqrt(n q (1 - q)): near 1 for Poisson sampling, 0 (or far from 1) for fixed-size batches."""
+    import numpy as np
+
+    q = log.sample_rate
+    return float(np.std(log.batch_sizes) / math.sqrt(log.n * q * (1 - q)))
+
+
+def spent_epsilon(log: TrainingLog, noise_multiplier: float, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of the training the log records (per-example clipping, noise multiplier sigma).
+
+    Poisson sampling: the subsampled Gaussian over the steps actually taken (dp_accounting, "rdp" or
+    "pld"). Shuffled fixed-size batches: the Poisson analysis does not apply, and the figure returned
+    is TF Privacy's bound for data seen once per epoch in any order (no amplification by sampling)."""
+    import dp_accounting
+
+    if log.sampling == "shuffled":
+        return tf_privacy_statement(log.n, log.batch_size, log.epochs, noise_multiplier, delta, False)[1]
+    if log.sampling != "poisson":
+        raise ValueError(f"unknown sampling {log.sampling!r} in the training log.")
+    _check_accounting_args(log.n, log.batch_size, 1, noise_multiplier, delta)
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(log.sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), log.steps)
+    if accountant == "rdp":
+        acc = dp_accounting.rdp.RdpAccountant()
+    elif accountant == "pld":
+        acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
+    else:
+        raise ValueError(f"accountant {accountant!r} is unknown: use 'rdp' or 'pld'.")
+    return float(acc.compose(event).get_epsilon(delta))
 
 
 def accuracy(model, x, y) -> float:

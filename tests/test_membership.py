@@ -68,3 +68,16 @@ def test_plots_draw_one_curve_per_model():
     fig = membership.plot_roc(results)
     assert len(fig.axes) == 2
     assert len(membership.plot_loss_histograms(results).axes) == 1
+
+
+def test_difficulty_calibration_scores_against_a_reference_model():
+    x_in, y_in = _data(64, 1)
+    x_out, y_out = _data(64, 2)
+    target = _memoriser(torch.cat([x_in, x_out[:8]]), torch.cat([y_in, y_out[:8]]))
+    reference = _memoriser(x_out[:8], y_out[:8])
+    plain = membership.loss_threshold_attack(target, x_in, y_in, x_out[8:], y_out[8:], seed=0)
+    calibrated = membership.loss_threshold_attack(target, x_in, y_in, x_out[8:], y_out[8:], seed=0, reference=reference)
+    assert plain.auc > 0.75 and calibrated.auc > 0.6  # both see a memoriser
+    same = membership.loss_threshold_attack(target, x_in, y_in, x_out[8:], y_out[8:], seed=0, reference=target)
+    assert same.auc == pytest.approx(0.5)  # calibrating against the model itself leaves nothing
+    np.testing.assert_allclose(calibrated.member_losses, plain.member_losses)  # histograms show the model's losses

@@ -102,6 +102,12 @@ def test_cohorts_are_disjoint_stratified_halves():
     assert y[private].mean() == pytest.approx(0.4) and y[dev].mean() == pytest.approx(0.4)
     with pytest.raises(ValueError, match="dev_fraction"):
         privacy.split_cohorts(y, 1.0)
+    # the same image stored twice never ends up in both cohorts
+    x, _ = _tiny(100, seed=2)
+    x[[10, 60, 90]] = x[3]
+    private, dev = privacy.split_cohorts(y, 0.5, seed=1, x=x)
+    assert len(private) + len(dev) == 100 and {3, 10, 60, 90} <= set(private) or {3, 10, 60, 90} <= set(dev)
+    assert privacy._fingerprints(x[private]).isdisjoint(privacy._fingerprints(x[dev]))
 
 
 def test_composition_two_libraries_and_the_edge_cases():

@@ -61,6 +61,44 @@ def test_microbatches_must_divide_the_batch():
         privacy_tf.dp_sgd_epsilon(60_000, 250, 1, 1.0, 1e-5, num_microbatches=7)
 
 
+def test_poisson_batches_sample_each_example_independently():
+    import numpy as np
+
+    sizes = [len(b) for b in privacy_tf.poisson_batches(10_000, 100, 400, seed=1)]
+    assert abs(np.mean(sizes) - 100) < 2 and 0.8 < np.std(sizes) / np.sqrt(100 * 0.99) < 1.2
+    first = next(privacy_tf.poisson_batches(10_000, 100, 1, seed=1))
+    assert (np.diff(first) > 0).all()  # sorted, no repeats
+    assert privacy_tf.padded_size(60_000, 512) % 8 == 0 and 512 + 4 * 22 <= privacy_tf.padded_size(60_000, 512) < 620
+    with pytest.raises(ValueError, match="batch_size"):
+        next(privacy_tf.poisson_batches(10, 20, 1))
+
+
+def _log(sampling, sizes, n=60_000, b=512, steps=118):
+    return privacy_tf.TrainingLog(n=n, batch_size=b, epochs=1, sampling=sampling, steps=steps, seconds=1.0,
+                                  batch_sizes=sizes)
+
+
+def test_batch_size_spread_tells_poisson_from_fixed_batches():
+    import numpy as np
+
+    poisson = [len(b) for b in privacy_tf.poisson_batches(60_000, 512, 118, seed=0)]
+    assert 0.7 < privacy_tf.batch_size_spread(_log("poisson", poisson)) < 1.3
+    assert privacy_tf.batch_size_spread(_log("shuffled", [512] * 118)) == 0.0
+    remainder = [512] * 117 + [96]  # Keras' last partial batch
+    assert privacy_tf.batch_size_spread(_log("shuffled", remainder)) > 1.5
+
+
+def test_spent_epsilon_follows_the_sampling_the_log_records():
+    poisson = privacy_tf.spent_epsilon(_log("poisson", []), 0.8, 1e-6)
+    assert poisson == pytest.approx(privacy_tf.dp_sgd_epsilon(60_000, 512, 1, 0.8, 1e-6))
+    assert privacy_tf.spent_epsilon(_log("poisson", [], steps=236), 0.8, 1e-6) > poisson  # extra steps cost
+    assert privacy_tf.spent_epsilon(_log("poisson", []), 0.8, 1e-6, "pld") < poisson
+    with pytest.raises(ValueError, match="unknown"):
+        privacy_tf.spent_epsilon(_log("poisson", []), 0.8, 1e-6, "moments")
+    with pytest.raises(ValueError, match="unknown sampling"):
+        privacy_tf.spent_epsilon(_log("round robin", []), 0.8, 1e-6)
+
+
 def test_check_passes_a_correct_solution():
     assert check.dp_sgd_epsilon(correct).passed
 
@@ -120,6 +158,23 @@ def test_tensorflow_parts_in_a_fresh_interpreter():
         assert privacy_tf.deprecated_epsilon(60000, 250, 1, 1.1, 1e-5) < poisson / 3
         table = privacy_tf.accounting_table(60000, 250, 1, 1.1, 1e-5, num_microbatches=25)
         assert len(table) == 5 and table.epsilon.max() == any_order  # no Opacus rows: it has no microbatches
+        # a shuffled DP run gets the any-order bound, not the Poisson figure
+        log = privacy_tf.TrainingLog(n=60000, batch_size=250, epochs=1, sampling="shuffled", steps=240, seconds=1.0)
+        assert privacy_tf.spent_epsilon(log, 1.1, 1e-5) == privacy_tf.tf_privacy_statement(60000, 250, 1, 1.1, 1e-5, False)[1]
+        # zero-weight padding with the learning rate scaled by padded / real size is the unpadded step
+        a = privacy_tf.dp_model(1.0, 0.0, lr=0.1, momentum=0.0)
+        b = privacy_tf.dp_model(1.0, 0.0, lr=0.1, momentum=0.0)
+        b.set_weights(a.get_weights())
+        a.train_on_batch(x[:10], y[:10])
+        b.optimizer.learning_rate.assign(0.1 * 16 / 10)
+        b.train_on_batch(np.r_[x[:10], x[:6]], np.r_[y[:10], y[:6]], sample_weight=np.r_[np.ones(10), np.zeros(6)])
+        assert all(np.allclose(u, v, atol=1e-6) for u, v in zip(a.get_weights(), b.get_weights()))
+        # poisson_fit: the planned steps, real batch sizes logged, learning rate restored
+        c = privacy_tf.dp_model(1.0, 1.0, lr=0.2)
+        xs, ys = np.concatenate([x] * 4), np.concatenate([y] * 4)
+        log = privacy_tf.poisson_fit(c, xs, ys, batch_size=16, epochs=1, seed=3)
+        assert log.sampling == "poisson" and log.steps == 4 == len(log.batch_sizes)
+        assert log.padded_to == privacy_tf.padded_size(64, 16) and abs(float(c.optimizer.learning_rate) - 0.2) < 1e-7
         # the slice timer returns seconds per example (the DP model above took real steps)
         assert privacy_tf.seconds_per_example(dp, np.concatenate([x] * 2), np.concatenate([y] * 2), 8, 2) > 0
         print("ok")
