@@ -446,6 +446,7 @@ def serve(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning
             errors.append(err)
 
     thread = threading.Thread(target=run, name="labkit-uvicorn", daemon=True)
+    threads_before = set(threading.enumerate())
     thread.start()
     deadline = time.monotonic() + start_timeout
     while not server.started:
@@ -461,6 +462,12 @@ def serve(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning
         yield running_server
     finally:
         running_server.stop()
+        # the worker threads that scored requests (run_in_threadpool) are told to stop when the server's
+        # loop ends; wait for them too, so nothing this server started outlives the block
+        for worker in set(threading.enumerate()) - threads_before:
+            loop = getattr(worker, "loop", None)  # only this server's: its loop is closed now, others' are not
+            if worker.name == "AnyIO worker thread" and loop is not None and loop.is_closed():
+                worker.join(5)
 
 
 @contextlib.contextmanager
