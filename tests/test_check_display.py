@@ -46,3 +46,15 @@ def test_trimming_keeps_the_learner_frames_of_a_plain_traceback():
         trimmed = trimmed.tb_next
     assert names == ["learner"]
     assert sys.getprofile() is None  # the reference watch is switched off again
+
+
+def test_a_failed_check_still_stops_the_notebook():
+    """nbval and `labkit run` rely on the kernel reporting the failed cell as an error."""
+    import pytest
+    from nbclient.exceptions import CellExecutionError
+
+    nb = new_notebook(cells=[new_code_cell("from labkit import check\ncheck.spectral_signatures(lambda r: r[:, 0])"),
+                             new_code_cell("print('not reached')")])
+    with pytest.raises(CellExecutionError, match="spectral_signatures"):
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    assert nb.cells[1].outputs == []
