@@ -250,7 +250,9 @@ def accuracy_under_attack(
     """Accuracy (fraction) of `model` on adversarial versions of (x, y), attacked batch by batch.
 
     attack: "fgsm", "pgd" (keyword arguments step=0.01, steps=40, rand_init=True),
-        "fgsm_random_start" (alpha=1.25 * eps), or any `fn(model, x, y, eps, **attack_kwargs)`.
+        "fgsm_random_start" (alpha=1.25 * eps), "pgd_restarts" (restarts=5), "apgd_ce" and
+        "apgd_dlr" (steps=100, restarts=5, seed=0), "square" (queries=300, seed=0), or any
+        `fn(model, x, y, eps, **attack_kwargs)`.
     x, y: numpy arrays (uint8 images are scaled to [0, 1]) or tensors (N, C, H, W) in [0, 1].
     eps = 0 measures clean accuracy.
     """
