@@ -14,12 +14,13 @@ from . import display
 from .common import ExerciseFailed, Feedback
 from .evasion import adversarial_batch, fgsm, fgsm_random_start, perturb
 from .extraction import _NEGATIVE_WORDS, _POSITIVE_WORDS, _surrogate_bench, train_surrogate  # noqa: F401 - tests use the bench
+from .certification import smoothing_certify, smoothing_predict
 from .poisoning import spectral_signatures
 from .privacy import dp_sgd_epsilon, dp_sgd_step
 from .serving import api_key_lookup, sliding_window
 
 __all__ = ["ExerciseFailed", "Feedback", "fgsm", "fgsm_random_start", "adversarial_batch", "perturb",
            "dp_sgd_step", "dp_sgd_epsilon", "train_surrogate", "api_key_lookup", "sliding_window",
-           "spectral_signatures"]
+           "spectral_signatures", "smoothing_predict", "smoothing_certify"]
 
 display.install()  # in Jupyter: a failed check shows its sentence first, without labkit's frames
