@@ -73,8 +73,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def check_delta(delta: float, n: int) -> float:
-    """delta must be a probability well below 1/n: a mechanism that publishes each record with
-    probability delta satisfies (0, delta)-DP and still leaks about n * delta records."""
+    """Refuse a delta that is not a probability below 1/n: a mechanism that publishes each record with
+    probability delta satisfies (0, delta)-DP and still leaks about n * delta records. Whether delta is
+    also *well* below 1/n (n * delta <= 0.1, the labs' rule) is what `delta_advice` says."""
     if not 0 < delta < 1:
         raise ValueError(f"delta = {delta!r} is not a probability in (0, 1); the usual choice is 1e-5 or below 1/n.")
     if delta >= 1 / n:
