@@ -21,6 +21,7 @@ from pathlib import Path
 import nbformat
 
 from .targets import repo_root
+from .workspace import read_json_lines
 
 BEGIN = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION(?::?\s*(?P<hint>.*))?$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
@@ -269,18 +270,6 @@ def _errors(nb) -> list[tuple[int, dict]]:
             if output.get("output_type") == "error"]
 
 
-def _read_check_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    found = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return found
-
-
 def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 1800, progress=None) -> Grade:
     """Grade a learner's notebook: TODOs left, each exercise `build` marked, and the lab's targets.
 
@@ -299,7 +288,7 @@ def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 18
         if report_file.is_file():
             result.report = json.loads(report_file.read_text())
         verdicts = {}
-        for entry in _read_check_log(log):  # the last verdict of each exercise counts
+        for entry in read_json_lines(log):  # the last verdict of each exercise counts
             verdicts[entry["exercise"]] = "passed" if entry["passed"] else entry["message"]
     result.wall_time_s = time.perf_counter() - start
     failed_cells = dict(_errors(executed))

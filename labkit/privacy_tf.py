@@ -378,13 +378,7 @@ def spent_epsilon(log: TrainingLog, noise_multiplier: float, delta: float, accou
     _check_accounting_args(log.n, log.batch_size, 1, noise_multiplier, delta)
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(log.sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), log.steps)
-    if accountant == "rdp":
-        acc = dp_accounting.rdp.RdpAccountant()
-    elif accountant == "pld":
-        acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
-    else:
-        raise ValueError(f"accountant {accountant!r} is unknown: use 'rdp' or 'pld'.")
-    return float(acc.compose(event).get_epsilon(delta))
+    return _epsilon_of(event, delta, accountant)
 
 
 def accuracy(model, x, y) -> float:
@@ -444,13 +438,10 @@ def dp_sgd_event(n: int, batch_size: int, epochs: float, noise_multiplier: float
     return dp_accounting.SelfComposedDpEvent(step, steps_for(n, batch_size, epochs))
 
 
-def dp_sgd_epsilon(n: int, batch_size: int, epochs: float, noise_multiplier: float, delta: float,
-                   num_microbatches: int | None = None, accountant: str = "rdp") -> float:
-    """Epsilon of Poisson-sampled DP-SGD from dp_accounting ("rdp", as TF Privacy, or "pld")."""
+def _epsilon_of(event, delta: float, accountant: str) -> float:
+    """Epsilon of a dp_accounting event with the named accountant ("rdp", as TF Privacy, or "pld")."""
     import dp_accounting
 
-    _check_accounting_args(n, batch_size, epochs, noise_multiplier, delta)
-    event = dp_sgd_event(n, batch_size, epochs, noise_multiplier, num_microbatches)
     if accountant == "rdp":
         acc = dp_accounting.rdp.RdpAccountant()
     elif accountant == "pld":
@@ -458,6 +449,14 @@ def dp_sgd_epsilon(n: int, batch_size: int, epochs: float, noise_multiplier: flo
     else:
         raise ValueError(f"accountant {accountant!r} is unknown: use 'rdp' or 'pld'.")
     return float(acc.compose(event).get_epsilon(delta))
+
+
+def dp_sgd_epsilon(n: int, batch_size: int, epochs: float, noise_multiplier: float, delta: float,
+                   num_microbatches: int | None = None, accountant: str = "rdp") -> float:
+    """Epsilon of Poisson-sampled DP-SGD from dp_accounting ("rdp", as TF Privacy, or "pld")."""
+    _check_accounting_args(n, batch_size, epochs, noise_multiplier, delta)
+    event = dp_sgd_event(n, batch_size, epochs, noise_multiplier, num_microbatches)
+    return _epsilon_of(event, delta, accountant)
 
 
 def noise_for_epsilon(target_epsilon: float, n: int, batch_size: int, epochs: float, delta: float,

@@ -97,14 +97,19 @@ def record_attempt(lab_id: str, attempt: dict, workspace: Path | None = None) ->
 
 
 def attempts(lab_id: str, workspace: Path | None = None) -> list[dict]:
-    path = attempts_file(lab_id, workspace)
+    return read_json_lines(attempts_file(lab_id, workspace))
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file, [] when it is missing; a line cut short by an
+    interrupted run is skipped."""
     if not path.is_file():
         return []
     found = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             found.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by an interrupted run: skip it
+        except json.JSONDecodeError:
             continue
     return found
 
