@@ -37,14 +37,31 @@ def fill(labs: Path | None = None, workspace: Path | None = None) -> tuple[list[
     workspace.mkdir(parents=True, exist_ok=True)
     added, kept = [], []
     for source in sorted(labs.glob("*.ipynb")):
-        target = workspace / source.name
-        try:
-            with open(target, "xb") as f:  # "x": fails if the file exists, so a race cannot overwrite either
-                f.write(source.read_bytes())
-            added.append(source.name)
-        except FileExistsError:
-            kept.append(source.name)
+        (added if _copy_if_absent(source, workspace / source.name) else kept).append(source.name)
     return added, kept
+
+
+def _copy_if_absent(source: Path, target: Path) -> bool:
+    """Copy source to target unless target exists; True when copied. Exclusive creation ("x"), so
+    a race between two runs cannot overwrite a learner's file either."""
+    try:
+        with open(target, "xb") as f:
+            f.write(source.read_bytes())
+    except FileExistsError:
+        return False
+    return True
+
+
+def _aside(workspace: Path, stem: str, tag: str) -> Path:
+    """A name in workspace/previous/ that no file has yet: <stem>.<tag><time>[-n].ipynb."""
+    previous = workspace / "previous"
+    previous.mkdir(parents=True, exist_ok=True)
+    stamp = f"{tag}{time.strftime('%Y%m%d-%H%M%S')}"
+    moved, n = previous / f"{stem}.{stamp}.ipynb", 1
+    while moved.exists():
+        n += 1
+        moved = previous / f"{stem}.{stamp}-{n}.ipynb"
+    return moved
 
 
 def notebook_name(lab: str) -> str:
@@ -68,14 +85,7 @@ def reset(lab: str, labs: Path | None = None, workspace: Path | None = None) -> 
     current = workspace / name
     moved = None
     if current.exists():
-        previous = workspace / "previous"
-        previous.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        moved = previous / f"{current.stem}.{stamp}.ipynb"
-        n = 1
-        while moved.exists():
-            n += 1
-            moved = previous / f"{current.stem}.{stamp}-{n}.ipynb"
+        moved = _aside(workspace, current.stem, "")
         current.rename(moved)
     workspace.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, current)
@@ -137,6 +147,9 @@ def progress(workspace: Path | None = None) -> list[dict]:
     return rows
 
 
+# ---- work done in labs/ under an older kit -------------------------------------------------
+
+
 def _committed(path: Path) -> bool:
     """True when git says the file is exactly as committed (then nobody worked in it)."""
     import subprocess
@@ -170,12 +183,9 @@ def rescue_edited_labs(planned: dict[str, str], labs: Path | None = None, worksp
             worked = True
         if not worked or _committed(current):
             continue
-        previous = workspace / "previous"
-        previous.mkdir(parents=True, exist_ok=True)
-        copy = previous / f"{current.stem}.from-labs.{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
-        shutil.copyfile(current, copy)
+        copy = _aside(workspace, current.stem, "from-labs.")
+        _copy_if_absent(current, copy)
         kept.append(copy)
-        if not (workspace / name).exists():
-            shutil.copyfile(current, workspace / name)
+        if _copy_if_absent(current, workspace / name):
             kept.append(workspace / name)
     return kept
