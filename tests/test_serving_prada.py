@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from labkit import datasets
-from labkit.serving import Defences, KeyStore, QueryMonitor, create_app, train_credit_model
+from labkit.serving import Defences, KeyStore, QueryMonitor, create_app, honest_streams, train_credit_model
 
 STREAMS, QUERIES = 6, 1_000
 
@@ -20,19 +20,8 @@ def credit():
 
 
 def _flags(monitor, model, Xt):
-    feats, labels = model.features(Xt), model.predict(Xt)
-    flagged, worst = 0, []
-    for s in range(STREAMS):
-        order = np.random.default_rng(100 + s).permutation(len(Xt))[:QUERIES]
-        client = f"bank_{s}"
-        stats = []
-        for i in order:
-            monitor.observe(client, feats[i], int(labels[i]))
-            if monitor.statistic(client) is not None:
-                stats.append(monitor.statistic(client))
-        flagged += monitor.flagged(client) is not None
-        worst.append(max(stats) if monitor.test == "reference" else min(stats))
-    return flagged, worst
+    flags, worst = honest_streams(monitor, model, Xt, STREAMS, QUERIES, seed=100)
+    return sum(f is not None for f in flags), worst
 
 
 def test_the_all_layers_default_does_not_flag_long_honest_streams(credit):

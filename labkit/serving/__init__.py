@@ -87,7 +87,7 @@ usable without a server; see labkit.serving.layers.
 """
 from .app import KEY_HEADER, RunningServer, ServingState, create_app, running, serve
 from .layers import (AuditLog, Defences, Flag, KeyStore, OODDetector, QueryMonitor, RateLimiter, harden, sliding_window_allow,
-                     hash_key, request_models)
+                     hash_key, honest_streams, request_models)
 from .models import (CreditModel, IntegrityError, SentimentModel, Watermark, WatermarkResult, load_model,
                      make_credit_triggers, make_text_triggers, sha256_file, train_credit_model,
                      train_sentiment_model, verify_watermark)
@@ -95,7 +95,7 @@ from .models import (CreditModel, IntegrityError, SentimentModel, Watermark, Wat
 __all__ = [
     "KEY_HEADER", "RunningServer", "ServingState", "create_app", "running", "serve",
     "AuditLog", "Defences", "Flag", "KeyStore", "OODDetector", "QueryMonitor", "RateLimiter", "harden", "hash_key",
-    "sliding_window_allow",
+    "sliding_window_allow", "honest_streams",
     "request_models",
     "CreditModel", "IntegrityError", "SentimentModel", "Watermark", "WatermarkResult", "load_model",
     "make_credit_triggers", "make_text_triggers", "sha256_file", "train_credit_model", "train_sentiment_model",

@@ -478,6 +478,25 @@ class QueryMonitor:
             self._hist.pop(client, None)
 
 
+def honest_streams(monitor: QueryMonitor, model, rows, n_streams: int, n_queries: int,
+                   seed: int = 0) -> tuple[list, list[float]]:
+    """Calibrate a monitor on honest traffic: feed it n_streams clients, each sending n_queries held-out
+    rows in a random order (stream s uses seed + s). Returns each client's Flag (None when not flagged)
+    and its worst statistic (largest KS for the reference test, lowest Shapiro-Wilk W otherwise)."""
+    feats, labels = model.features(rows), model.predict(rows)
+    flags, worst = [], []
+    for s in range(n_streams):
+        client = f"bank {s + 1}"
+        stats = []
+        for i in np.random.default_rng(seed + s).permutation(len(feats))[:n_queries]:
+            monitor.observe(client, feats[i], int(labels[i]))
+            stats.append(monitor.statistic(client))
+        stats = [v for v in stats if v is not None]
+        flags.append(monitor.flagged(client))
+        worst.append(max(stats) if monitor.test == "reference" else min(stats))
+    return flags, worst
+
+
 # ---------------------------------------------------------------------------------------------
 # Output hardening
 # ---------------------------------------------------------------------------------------------
