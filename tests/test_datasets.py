@@ -182,10 +182,7 @@ def test_a_malformed_manifest_is_one_sentence(tmp_path, monkeypatch, text):
         datasets.names()
 
 
-def test_a_data_file_swapped_after_its_check_is_never_parsed(tmp_path, monkeypatch):
-    import builtins
-    import io
-
+def test_a_data_file_swapped_after_its_check_is_never_parsed(tmp_path, monkeypatch, swap_after_first_read):
     src = datasets.KIT_DATA / "credit" / "taiwan_default_of_credit_card_clients.csv"
     folder = tmp_path / "kit_data"
     (folder / "credit").mkdir(parents=True)
@@ -193,18 +190,7 @@ def test_a_data_file_swapped_after_its_check_is_never_parsed(tmp_path, monkeypat
     relabelled = _relabelled_credit(tmp_path / "evil").read_bytes()
     kit = (datasets.KIT_DATA / "MANIFEST.toml").read_text()
     _own_kit_manifest(tmp_path, monkeypatch, kit)
-    path, real_open, opened = folder / "credit" / src.name, builtins.open, []
-
-    def racing_open(file, mode="r", *args, **kwargs):  # the file is swapped between the first read and any later one
-        if str(file) == str(path) and "r" in str(mode):
-            if opened:
-                with real_open(path, "wb") as f:
-                    f.write(relabelled)
-            opened.append(1)
-        return real_open(file, mode, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", racing_open)
-    monkeypatch.setattr(io, "open", racing_open)
+    swap_after_first_read(folder / "credit" / src.name, relabelled)
     try:
         _, y = datasets.load("taiwan_credit", split="all")
     except datasets.DatasetCorrupted:

@@ -1,6 +1,5 @@
 """Regression tests for the defects an outside red team found in labkit.serving (one test or more per
 finding; each failed before its fix). The datasets findings are in test_datasets.py."""
-import builtins
 import io
 import json
 import socket
@@ -40,26 +39,14 @@ def _model_arrays(path) -> dict:
 
 # ---- 1. hash and parse the same bytes -----------------------------------------------------------
 
-def test_a_model_file_swapped_after_the_hash_check_is_never_served(credit, tmp_path, monkeypatch):
+def test_a_model_file_swapped_after_the_hash_check_is_never_served(credit, tmp_path, swap_after_first_read):
     model, _, Xt = credit
     path = tmp_path / "approved.npz"
     sha = model.save(path)
     arrays = _model_arrays(path)
     arrays["b2"] = arrays["b2"] + 50.0  # the swapped-in model says "default" to everyone
     swapped = _npz_bytes(arrays)
-    real_open, opened = builtins.open, []
-
-    def racing_open(file, mode="r", *args, **kwargs):
-        # the attacker wins the race: between the first read of the file and any later one, it is swapped
-        if str(file) == str(path) and "r" in str(mode):
-            if opened:
-                with real_open(path, "wb") as f:
-                    f.write(swapped)
-            opened.append(1)
-        return real_open(file, mode, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", racing_open)
-    monkeypatch.setattr(io, "open", racing_open)
+    swap_after_first_read(path, swapped)
     try:
         loaded = load_model(path, sha256=sha)
     except IntegrityError:
