@@ -5,6 +5,12 @@ lines (text after BEGIN SOLUTION becomes the TODO hint). `build` replaces each b
 comment and `raise NotImplementedError`, drops cells tagged `solution-only`, strips outputs, and
 marks each cell that calls a check with metadata `{"labkit": {"exercise": name}}`, so grading
 knows the exercises without reading cell text.
+
+Progressive hints are written next to the answer, inside the solution block, one `# HINT:` line
+each (`# HINT(name):` names the exercise; otherwise it is the first check called in that cell or a
+later one). `build` removes them from the code, keeps them in the learner notebook's metadata
+(`{"labkit": {"hints": {exercise: [hint 1, hint 2, ...]}}}`), where `check.hint(exercise)` reads
+them, and says so under the TODO.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from .workspace import read_json_lines
 
 BEGIN = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION(?::?\s*(?P<hint>.*))?$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
+HINT = re.compile(r"^\s*# HINT(?:\((?P<name>\w+)\))?:\s*(?P<text>.*\S)\s*$")
 SOLUTION_ONLY = "solution-only"
 TODO_MARKER = "raise NotImplementedError"
 DEFAULT_HINT = "your code here"
@@ -49,29 +56,50 @@ def labs_dir() -> Path:
 
 def strip_solution(source: str, where: str) -> str:
     """Replace every BEGIN/END SOLUTION block of one cell's source with a TODO stub."""
-    out, inside, begin_line = [], False, 0
+    return split_solution(source, where)[0]
+
+
+def split_solution(source: str, where: str, exercise: str | None = None) -> tuple[str, list[tuple[str | None, str]]]:
+    """(the cell with every solution block replaced by a TODO stub, the block's hints as (name, text)).
+
+    A hint names its exercise with `# HINT(name):`; otherwise its name is None here. When the cell
+    has hints and `exercise` is known, the stub says how to ask for them."""
+    out, inside, begin_line, hints = [], False, 0, []
+    stub_at = []  # (index in out after the TODO comment, indent) of each block
     for number, line in enumerate(source.splitlines(), start=1):
-        begin, end = BEGIN.match(line), END.match(line)
+        begin, end, hint = BEGIN.match(line), END.match(line), HINT.match(line)
         if begin:
             if inside:
                 raise NotebookBuildError(
                     f"{where}: line {number} opens '# BEGIN SOLUTION' while the block opened on line "
                     f"{begin_line} is still open; add '# END SOLUTION' before it.")
             inside, begin_line = True, number
-            indent, hint = begin.group("indent"), (begin.group("hint") or "").strip() or DEFAULT_HINT
-            out.append(f"{indent}# TODO: {hint}")
-            out.append(f'{indent}{TODO_MARKER}("TODO: {hint}")')
+            indent, todo = begin.group("indent"), (begin.group("hint") or "").strip() or DEFAULT_HINT
+            out.append(f"{indent}# TODO: {todo}")
+            stub_at.append((len(out), indent))
+            out.append(f'{indent}{TODO_MARKER}("TODO: {todo}")')
         elif end:
             if not inside:
                 raise NotebookBuildError(
                     f"{where}: line {number} has '# END SOLUTION' with no '# BEGIN SOLUTION' before it.")
             inside = False
+        elif hint:
+            if not inside:
+                raise NotebookBuildError(
+                    f"{where}: line {number} has a '# HINT:' outside a solution block, where the learner would "
+                    f"read it at once; move it between '# BEGIN SOLUTION' and '# END SOLUTION'.")
+            hints.append((hint.group("name"), hint.group("text")))
         elif not inside:
             out.append(line)
     if inside:
         raise NotebookBuildError(
             f"{where}: '# BEGIN SOLUTION' on line {begin_line} is never closed; add '# END SOLUTION'.")
-    return "\n".join(out)
+    names = {name or exercise for name, _ in hints}
+    if hints and len(names) == 1 and None not in names:
+        name = names.pop()
+        for position, indent in reversed(stub_at):
+            out.insert(position, f'{indent}# Stuck? check.hint("{name}") shows a hint; run it again for the next one.')
+    return "\n".join(out), hints
 
 
 def clean(nb) -> None:
@@ -129,15 +157,34 @@ def marked_exercises(nb) -> list[tuple[int, str]]:
     return found
 
 
+def _exercise_after(cells, index: int) -> str | None:
+    """The exercise a solution block in cell `index` feeds: the first check called in it or a later cell."""
+    for cell in cells[index:]:
+        if cell.cell_type == "code":
+            called = exercises_called(cell.source)
+            if called:
+                return called[0]
+    return None
+
+
 def learner_version(nb, name: str):
     """The learner's notebook made from a solution notebook (a new object)."""
     lab = nbformat.from_dict(json.loads(json.dumps(nb)))
-    kept = []
+    kept, hints = [], {}
     for index, cell in enumerate(lab.cells):
         if SOLUTION_ONLY in cell.metadata.get("tags", []):
             continue
         if cell.cell_type == "code":
-            cell.source = strip_solution(cell.source, f"{name}, cell {index + 1}")
+            where = f"{name}, cell {index + 1}"
+            exercise = _exercise_after(lab.cells, index) if "# HINT" in cell.source else None
+            cell.source, found = split_solution(cell.source, where, exercise)
+            for hint_name, text in found:
+                hint_name = hint_name or exercise
+                if hint_name is None:
+                    raise NotebookBuildError(
+                        f"{where}: no check is called in this cell or after it, so its hints belong to no exercise; "
+                        f"name it: '# HINT(name): ...'.")
+                hints.setdefault(hint_name, []).append(text)
         elif "# BEGIN SOLUTION" in cell.source or "# END SOLUTION" in cell.source:
             raise NotebookBuildError(
                 f"{name}, cell {index + 1}: solution markers belong in code cells; this is a {cell.cell_type} cell.")
@@ -145,7 +192,15 @@ def learner_version(nb, name: str):
     lab.cells = kept
     clean(lab)
     mark_exercises(lab)
+    lab.metadata.pop(META, None)
+    if hints:
+        lab.metadata[META] = {"hints": hints}
     return lab
+
+
+def hints_of(nb) -> dict[str, list[str]]:
+    """{exercise: [hint 1, hint 2, ...]} that `build` stored in a learner notebook."""
+    return dict(nb.metadata.get(META, {}).get("hints", {}))
 
 
 def _serialise(nb) -> str:

@@ -3,6 +3,7 @@ answer in one sentence that points at the fix.
 
     labkit.check.fgsm(fgsm)                 # prints "✓ fgsm: ..." or raises ExerciseFailed
     labkit.check.fgsm_random_start(fn)      # the adversarial-training perturbation
+    labkit.check.hint("fgsm")               # hint 1, 2, 3 of an exercise, one per call
 
 A check prints a `Feedback` and returns it when the function passes; it raises `ExerciseFailed`
 (an AssertionError, so nbval and pytest mark the cell as failed) with the diagnosis otherwise.
@@ -15,12 +16,13 @@ from .common import ExerciseFailed, Feedback
 from .evasion import adversarial_batch, fgsm, fgsm_random_start, perturb
 from .extraction import _NEGATIVE_WORDS, _POSITIVE_WORDS, _surrogate_bench, train_surrogate  # noqa: F401 - tests use the bench
 from .certification import smoothing_certify, smoothing_predict
+from .hints import hint
 from .poisoning import spectral_signatures
 from .privacy import dp_sgd_epsilon, dp_sgd_step
 from .serving import api_key_lookup, sliding_window
 
 __all__ = ["ExerciseFailed", "Feedback", "fgsm", "fgsm_random_start", "adversarial_batch", "perturb",
            "dp_sgd_step", "dp_sgd_epsilon", "train_surrogate", "api_key_lookup", "sliding_window",
-           "spectral_signatures", "smoothing_predict", "smoothing_certify"]
+           "spectral_signatures", "smoothing_predict", "smoothing_certify", "hint"]
 
 display.install()  # in Jupyter: a failed check shows its sentence first, without labkit's frames
