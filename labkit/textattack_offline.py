@@ -35,6 +35,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -43,12 +44,19 @@ from . import datasets
 DATASET = "nltk_data"  # the manifest entry: the WordNet zip, its license notice and the stopword list
 WORDNET_FILES = ("lexnames", "index.noun", "index.verb", "index.adj", "index.adv",
                  "data.noun", "data.verb", "data.adj", "data.adv",
-                 "noun.exc", "verb.exc", "adj.exc", "adv.exc")
+                 "noun.exc", "verb.exc", "adj.exc", "adv.exc", "cntlist.rev", "index.sense")
+# NLTK's reader insists that index.sense exists but reads it only for lemma_from_key / synset_from_sense_key;
+# the zip carries it EMPTY (7 MB saved): those two calls fail, everything the recipes use works.
+EMPTY_FILES = ("index.sense",)
+# Libraries imported with TextAttack that write a config folder in $HOME on first import; pointed
+# at the kit's cache unless the user already has that folder or set the variable.
+HOME_FOLDERS = {"KERAS_HOME": ".keras", "MPLCONFIGDIR": ".config/matplotlib"}
 MARKER = "post_install_check_3"  # TextAttack 0.3.11 skips its NLTK downloads when this file exists
 # NLTK packages whose absence is harmless offline: WordSwapWordNet(language="eng") downloads the
 # Open Multilingual Wordnet at construction but only needs it for other languages.
 NOT_NEEDED = {"omw", "omw-1.4"}
 OFFLINE_VARIABLES = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
 _FIXED_TIME = (2006, 12, 6, 0, 0, 0)  # WordNet 3.0's release month: reproducible zip entries
 
 
@@ -159,7 +167,15 @@ def prepare(cache: Path | str | None = None) -> dict:
     settings = {"NLTK_DATA": str(nltk_data), "TA_CACHE_DIR": str(ta_cache),
                 "TFHUB_CACHE_DIR": str(ta_cache), "HF_HOME": str(ta_cache / "huggingface"),
                 **OFFLINE_VARIABLES}
+    home = Path.home()
+    for variable, default in HOME_FOLDERS.items():
+        if variable not in os.environ and not (home / default).exists():
+            settings[variable] = str(folder / variable.lower())
+    for variable, value in QUIET_TENSORFLOW.items():  # TextAttack imports TensorFlow: keep its logs out of the notebook
+        settings[variable] = os.environ.get(variable, value)
     os.environ.update(settings)
+    # TextAttack itself sets PYTORCH_TRANSFORMERS_CACHE (to TA_CACHE_DIR); transformers warns about the name.
+    warnings.filterwarnings("ignore", message="Using `PYTORCH_TRANSFORMERS_CACHE` is deprecated", category=FutureWarning)
     import nltk  # NLTK reads NLTK_DATA at import; an earlier import gets the folder added here
 
     if str(nltk_data) not in nltk.data.path:
@@ -221,7 +237,7 @@ def lexnames_from_manpage(manpage: str) -> str:
 def build_wordnet_zip(source: Path | str, out: Path | str) -> Path:
     """Build the kit's WordNet zip from Debian's wordnet-base package (the .deb, or a folder it was
     unpacked into with `dpkg -x`). Only what NLTK's WordNet reader needs for synsets and lemmas is
-    kept (no sense index, counts or verb frames), LZMA-compressed with fixed timestamps."""
+    kept (the sense index empty, no verb frames), LZMA-compressed with fixed timestamps."""
     source = Path(source)
     if source.is_dir():
         files = {str(p.relative_to(source)): p.read_bytes() for p in source.rglob("*") if p.is_file()}
@@ -230,11 +246,12 @@ def build_wordnet_zip(source: Path | str, out: Path | str) -> Path:
     wn = "usr/share/wordnet/"
     page = files.get("usr/share/man/man5/lexnames.5WN.gz")
     notice = files.get("usr/share/doc/wordnet-base/copyright")
-    missing = [f for f in WORDNET_FILES if f != "lexnames" and wn + f not in files]
+    missing = [f for f in WORDNET_FILES if f != "lexnames" and f not in EMPTY_FILES and wn + f not in files]
     if missing or page is None or notice is None:
         raise ValueError(f"{source} is not Debian's wordnet-base package (missing {missing or 'the lexnames page'})")
     contents = {"lexnames": lexnames_from_manpage(gzip.decompress(page).decode("utf-8")).encode()}
-    contents.update({f: files[wn + f] for f in WORDNET_FILES if f != "lexnames"})
+    contents.update({f: files[wn + f] for f in WORDNET_FILES if f != "lexnames" and f not in EMPTY_FILES})
+    contents.update({f: b"" for f in EMPTY_FILES})
     contents["LICENSE"] = notice
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
