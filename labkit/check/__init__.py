@@ -20,6 +20,7 @@ from .hints import hint
 from .poisoning import spectral_signatures
 from .privacy import dp_sgd_epsilon, dp_sgd_step
 from .serving import api_key_lookup, sliding_window
+from .text import sanitiser
 
 __all__ = ["ExerciseFailed", "Feedback", "fgsm", "fgsm_random_start", "adversarial_batch", "perturb",
            "dp_sgd_step", "dp_sgd_epsilon", "train_surrogate", "api_key_lookup", "sliding_window",
