@@ -24,6 +24,6 @@ from .text import sanitiser
 
 __all__ = ["ExerciseFailed", "Feedback", "fgsm", "fgsm_random_start", "adversarial_batch", "perturb",
            "dp_sgd_step", "dp_sgd_epsilon", "train_surrogate", "api_key_lookup", "sliding_window",
-           "spectral_signatures", "smoothing_predict", "smoothing_certify", "hint"]
+           "spectral_signatures", "smoothing_predict", "smoothing_certify", "hint", "sanitiser"]
 
 display.install()  # in Jupyter: a failed check shows its sentence first, without labkit's frames
