@@ -1,4 +1,4 @@
-"""The `labkit` command: doctor, list, data, build, run, workspace, reset, check, progress."""
+"""The `labkit` command: doctor, list, data, build, run, workspace, reset, check, progress, pretrain."""
 from __future__ import annotations
 
 import argparse
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("lab", help="lab id, e.g. 01_fgsm_mnist")
     reset.set_defaults(func=cmd_reset)
     sub.add_parser("progress", help="where you stand in every lab").set_defaults(func=cmd_progress)
+    sub.add_parser("pretrain", help="train a CIFAR-10 ResNet like the kit's shipped weights (see `labkit pretrain -h`)",
+                   add_help=False)
     check = sub.add_parser("check", help="execute a learner's notebook and grade it")
     check.add_argument("notebook", help="a notebook path, or a lab id (its copy in your workspace)")
     check.add_argument("--lab", help="lab id (default: the notebook's file name)")
@@ -261,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pretrain"]:  # its own parser: `labkit pretrain --help` lists the training options
+        from . import pretrain
+
+        try:
+            return pretrain.main(argv[1:])
+        except datasets.DatasetError as err:
+            print(f"labkit: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

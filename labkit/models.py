@@ -233,3 +233,79 @@ class TextClassifier(nn.Module):
 
 
 __all__ += ["tokenize", "Vocabulary", "PooledEmbedding", "TextClassifier"]
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10: the ResNet of He et al. (2016, section 4.2) for 32x32 colour images.
+# ---------------------------------------------------------------------------------------------
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class BasicBlock(nn.Module):
+    """conv 3x3, BatchNorm, ReLU, conv 3x3, BatchNorm, plus the shortcut, then ReLU. When the
+    block halves the resolution or changes the width, the shortcut is a 1x1 convolution with
+    stride 2 and BatchNorm (He et al.'s option B)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+@register("resnet20")
+class ResNetCIFAR(nn.Module):
+    """ResNet-(6n+2) for 32x32 colour images (He et al. 2016, section 4.2): conv 3x3 (`width`
+    channels), three stages of `n` basic blocks at `width`, 2x`width` and 4x`width` channels (the
+    2nd and 3rd start with stride 2), global average pooling, fully connected `num_classes`.
+
+    depth 20 (n = 3), width 16: about 0.27 M parameters (ResNet-20); depth 8 is the quick toy.
+    Input: (N, 3, 32, 32) floats in [0, 1]; the model normalizes with fixed CIFAR-10 channel means
+    and standard deviations itself, so attacks work in pixel space and epsilon is in pixels / 255.
+    Output: logits.
+    """
+
+    def __init__(self, num_classes: int = 10, depth: int = 20, width: int = 16,
+                 mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"A CIFAR ResNet has depth 6n+2 (8, 14, 20, 32, 44, 56, 110); got {depth}.")
+        n = (depth - 2) // 6
+        self.depth, self.width, self.num_classes = depth, width, num_classes
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, planes = [], width
+        for stage, out in enumerate((width, 2 * width, 4 * width)):
+            for block in range(n):
+                layers.append(BasicBlock(planes, out, stride=2 if stage > 0 and block == 0 else 1))
+                planes = out
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(
+                f"ResNetCIFAR expects a batch shaped (N, 3, 32, 32) of floats in [0, 1]; got {tuple(x.shape)}. "
+                "labkit.train.to_tensors moves channels-last images to channels-first and scales uint8."
+            )
+        x = (x - self.mean) / self.std
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+__all__ += ["BasicBlock", "ResNetCIFAR", "CIFAR10_MEAN", "CIFAR10_STD"]
