@@ -40,7 +40,10 @@ build: $(STAMP)
 
 # Learners work in their own copies: `labkit workspace` adds labs the workspace lacks and never
 # replaces a file, so rebuilding labs/ or updating the kit cannot lose their work.
+# `labkit jupyter-config` quiets JupyterLab (no news or update prompt, the kit's kernel, the start page
+# opened first); `labkit workspace` also copies the course pages (START.md, GLOSSARY.md, ...) there.
 lab: $(STAMP) data build
+	$(BIN)/labkit jupyter-config
 	LABKIT_WORKSPACE=$(abspath $(WORKSPACE)) $(BIN)/labkit workspace
 	$(BIN)/jupyter lab --notebook-dir=$(WORKSPACE) --allow-root --ServerApp.open_browser=False
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import datasets, env, notebooks, targets, workspace
+from . import course, datasets, env, notebooks, targets, workspace
 from .tables import format_table
 
 
@@ -49,12 +49,31 @@ def cmd_doctor(args) -> int:
 
 def cmd_list(args) -> int:
     rows = []
-    for lab_id, entry in targets.catalogue().items():
-        minutes = entry.get("minutes", {})
-        rows.append((lab_id, entry["level"], entry["title"], entry.get("topic", ""),
-                     f"{minutes.get('quick', '?')} min", f"{minutes.get('full', '?')} min"))
-    print(format_table(("lab", "level", "title", "topic", "quick (CPU)", "full (GPU)"), rows))
+    known = {lab.id: lab for lab in course.labs()}
+    for lab in known.values():
+        prerequisites = ", ".join(known[p].number if p in known else p for p in lab.prerequisites) or "-"
+        rows.append((lab.id, lab.level, lab.title, prerequisites, course.format_minutes(lab.minutes.get("quick")),
+                     course.format_minutes(lab.minutes.get("full"))))
+    print(format_table(("lab", "level", "title", "needs", "quick (CPU)", "full (GPU)"), rows))
+    print("The course map, with three paths: labs/START.md (also in your workspace).")
     return 0
+
+
+def cmd_course(args) -> int:
+    errors, warnings = course.problems()
+    for warning in warnings:
+        print(f"warning: {warning}")
+    for error in errors:
+        print(f"ERROR:   {error}", file=sys.stderr)
+    stale = course.write(check=args.check)
+    if args.check:
+        if stale:
+            print("Stale (run `labkit course`):\n  " + "\n  ".join(stale))
+        else:
+            print("Course pages and README catalogue are up to date.")
+        return 1 if stale or errors else 0
+    print(("Wrote:\n  " + "\n  ".join(stale)) if stale else "Course pages and README catalogue were up to date.")
+    return 1 if errors else 0
 
 
 def cmd_data(args) -> int:
@@ -123,6 +142,8 @@ def cmd_run(args) -> int:
 def cmd_workspace(args) -> int:
     added, kept = workspace.fill()
     where = workspace.root()
+    for name in workspace.install_pages():
+        print(f"page     {where / name}")
     for name in added:
         print(f"added    {where / name}")
     if kept:
@@ -228,6 +249,60 @@ def cmd_progress(args) -> int:
     return 0
 
 
+def cmd_jupyter_config(args) -> int:
+    for path in workspace.configure_jupyter(args.prefix):
+        print(f"wrote    {path}")
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from . import grading
+
+    targets.lab(args.lab)
+    profile = args.profile or env.profile()
+    out = args.out or Path("grades") / args.lab
+    print(f"Grading the notebooks in {args.submissions} as lab {args.lab} ({profile} profile), {args.jobs} at a "
+          f"time, limits: {args.timeout or 'default'} s and {args.memory_mb} MB each ...", flush=True)
+
+    def show(i, n, r):
+        what = r.error or f"{r.score:g}/{r.max_score:g}"
+        print(f"  [{i}/{n}] {r.student}: {what} ({r.wall_time_s:.0f} s)", flush=True)
+
+    try:
+        results = grading.grade_class(Path(args.submissions), args.lab, profile, jobs=args.jobs,
+                                      timeout_s=args.timeout, memory_mb=args.memory_mb, out_dir=out, progress=show)
+    except FileNotFoundError as err:
+        print(f"labkit: {err}", file=sys.stderr)
+        return 2
+    print(f"gradebook: {out / 'gradebook.csv'}; feedback per student: {out / 'feedback'}")
+    print(f"{len(results)} notebook(s), {sum(bool(r.error) for r in results)} given zero for a crash, time-out or memory")
+    return 0
+
+
+def cmd_interview(args) -> int:
+    import random
+
+    from . import interview, threats
+
+    if args.map:
+        rows = threats.terminal_rows(course.labs())
+        print(format_table(("STRIDE", "ATLAS", "OWASP", "attack", "lab", "control", "metric", "target", "yours"), rows))
+        return 0
+    questions = interview.collect()
+    if args.topic:
+        questions = [q for q in questions if q.topic == args.topic]
+    if args.list:
+        for topic, items in interview.by_topic(questions).items():
+            for q in items:
+                print(f"[{topic}] {q.lab.number} Q{q.number}: {q.text}")
+        print(f"{len(questions)} question(s); the page: labs/INTERVIEW.md")
+        return 0
+    print(f"Interview practice: {len(questions)} question(s). Answer aloud, then press Enter. q quits.")
+    asked = interview.practice(questions, rng=random.Random(args.seed), count=args.count)
+    print(f"\n{asked} question(s) practised. All of them, by topic: labs/INTERVIEW.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description="ML Security Lab Kit: labs, data and grading.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="generate labs/ from solutions/")
     build.add_argument("--check", action="store_true", help="change nothing; exit 1 naming every stale lab")
     build.set_defaults(func=cmd_build)
+    course_ = sub.add_parser("course", help="regenerate the course pages (labs/*.md) and the README catalogue")
+    course_.add_argument("--check", action="store_true", help="change nothing; exit 1 when a page is stale")
+    course_.set_defaults(func=cmd_course)
     run = sub.add_parser("run", help="execute a lab's solution and print its report")
     run.add_argument("lab")
     run.add_argument("--profile", choices=env.PROFILES)
@@ -259,6 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--profile", choices=env.PROFILES)
     check.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     check.set_defaults(func=cmd_check)
+    grade = sub.add_parser("grade", help="grade a folder of learner notebooks into a gradebook CSV and feedback")
+    grade.add_argument("submissions", help="a folder of notebooks (one per student) or of one folder per student")
+    grade.add_argument("--lab", required=True, help="lab id, e.g. 01_fgsm_mnist")
+    grade.add_argument("-j", "--jobs", type=int, default=1, help="notebooks graded at the same time")
+    grade.add_argument("--timeout", type=float, help="seconds per notebook (default: 4x the lab's time, 5 min at least)")
+    grade.add_argument("--memory-mb", type=float, default=4096, help="resident memory per notebook, kernel included")
+    grade.add_argument("--profile", choices=env.PROFILES)
+    grade.add_argument("--out", type=Path, help="where gradebook.csv and feedback/ go (default grades/LAB)")
+    grade.set_defaults(func=cmd_grade)
+    interview = sub.add_parser("interview", help="practise the labs' interview questions in the terminal")
+    interview.add_argument("--topic", help="only this topic (threat modelling, evasion, privacy, ...)")
+    interview.add_argument("--count", type=int, help="questions to ask (default: all, in random order)")
+    interview.add_argument("--seed", type=int, help="the random order (default: a new one each time)")
+    interview.add_argument("--list", action="store_true", help="list the questions by topic instead")
+    interview.add_argument("--map", action="store_true", help="the threat-model map, with your measured results")
+    interview.set_defaults(func=cmd_interview)
+    jupyter = sub.add_parser("jupyter-config", help="quiet JupyterLab start-up for the kit (make lab runs it)")
+    jupyter.add_argument("--prefix", type=Path, help="the environment to configure (default: this one)")
+    jupyter.set_defaults(func=cmd_jupyter_config)
     return parser
 
 
@@ -275,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (datasets.DatasetError, targets.UnknownLab, env.ProfileError, notebooks.NotebookBuildError) as err:
+    except (datasets.DatasetError, targets.UnknownLab, env.ProfileError, notebooks.NotebookBuildError,
+            course.CourseError) as err:
         print(f"labkit: {err}", file=sys.stderr)
         return 2
 

@@ -325,14 +325,17 @@ def _errors(nb) -> list[tuple[int, dict]]:
             if output.get("output_type") == "error"]
 
 
-def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 1800, progress=None) -> Grade:
+def grade(path: Path, lab_id: str, profile: str | None = None, timeout: int = 1800, progress=None,
+          run_with_todos: bool = False) -> Grade:
     """Grade a learner's notebook: TODOs left, each exercise `build` marked, and the lab's targets.
 
     Each check records its own verdict while the notebook runs, so a failed check's sentence is
-    what the learner reads here, and an exercise whose cell never ran says so."""
+    what the learner reads here, and an exercise whose cell never ran says so. A notebook with TODOs
+    left is not run (the learner is told what is open), unless run_with_todos (a class's grading,
+    where the finished exercises still count)."""
     nb = nbformat.read(path, as_version=4)
     result = Grade(notebook=str(path), todos=find_todos(nb))
-    if result.todos:
+    if result.todos and not run_with_todos:
         return result  # running would only stop at the first TODO
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -189,3 +189,68 @@ def rescue_edited_labs(planned: dict[str, str], labs: Path | None = None, worksp
         if _copy_if_absent(current, workspace / name):
             kept.append(workspace / name)
     return kept
+
+
+# ---- the course pages and a quiet JupyterLab --------------------------------------------------
+
+def install_pages(labs: Path | None = None, workspace: Path | None = None) -> list[str]:
+    """Copy the generated course pages (labs/*.md: start page, glossary, interview, threat map) into
+    the workspace, replacing an older copy: they are the kit's pages, regenerated from the catalogue,
+    not the learner's work. Returns the names written."""
+    labs, workspace = labs or _labs_dir(), workspace or root()
+    workspace.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source in sorted(labs.glob("*.md")):
+        target = workspace / source.name
+        text = source.read_text(encoding="utf-8")
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+            written.append(source.name)
+    return written
+
+
+# JupyterLab for a learner: no news or update prompt (nothing reaches the network), the start page
+# opened first and shown rendered, the kit's kernel started without asking.
+SERVER_CONFIG = {
+    "LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
+               "default_url": "/lab/tree/START.md"},
+    "MappingKernelManager": {"default_kernel_name": "python3"},
+}
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"markdown": "Markdown Preview"}},
+    "@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": True},
+}
+
+
+def _merge_json(path: Path, wanted: dict) -> None:
+    """Write `wanted` into a JSON settings file, keeping whatever else is already there."""
+    current = {}
+    if path.is_file():
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            current = {}
+    for section, values in wanted.items():
+        current.setdefault(section, {})
+        if isinstance(current[section], dict):
+            current[section].update(values)
+        else:
+            current[section] = dict(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def configure_jupyter(prefix: Path | None = None) -> list[Path]:
+    """Write the quiet start-up settings into the environment's Jupyter folders (the kit's .venv):
+    `etc/jupyter/jupyter_server_config.json` and JupyterLab's `share/jupyter/lab/settings/overrides.json`.
+    Inside a virtual environment Jupyter reads these before the user's own, and the kernel spec named
+    `python3` there is the kit's ("Python 3 (labkit)", installed by `make venv`)."""
+    import sys
+
+    prefix = Path(prefix or sys.prefix)
+    server = prefix / "etc" / "jupyter" / "jupyter_server_config.json"
+    overrides = prefix / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    _merge_json(server, SERVER_CONFIG)
+    _merge_json(overrides, LAB_SETTINGS)
+    return [server, overrides]
