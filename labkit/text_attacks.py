@@ -23,6 +23,7 @@ import textattack  # noqa: E402 - after prepare(): TextAttack runs its NLTK down
 from textattack.attack_results import FailedAttackResult, SkippedAttackResult, SuccessfulAttackResult  # noqa: E402
 from textattack.models.wrappers import ModelWrapper  # noqa: E402
 from textattack.shared.utils import logger as _ta_logger  # noqa: E402
+from textattack.transformations import WordSwap  # noqa: E402
 
 # TextAttack warns that it does not know a scikit-learn pipeline; the wrapper below is what makes it fit.
 _ta_logger.setLevel(logging.ERROR)
@@ -87,6 +88,30 @@ def recipe(name: str, model_wrapper: ModelWrapper, query_budget: int | None = No
     if query_budget is not None:
         attack.goal_function.query_budget = query_budget
     return attack
+
+
+class VisualSwap(WordSwap):
+    """Swap one character of a word for a look-alike: a letter from another script (Cyrillic 'а'
+    for Latin 'a') or a leetspeak digit ('3' for 'e'). A reader sees the same word; a model that
+    matches tokens sees a word it never met. One candidate per swappable position and kind."""
+
+    def __init__(self, homoglyphs: bool = True, leet: bool = True):
+        from .text_defences import HOMOGLYPHS
+
+        if not (homoglyphs or leet):
+            raise ValueError("VisualSwap needs homoglyphs=True, leet=True or both.")
+        self.options: dict[str, list[str]] = {}
+        if homoglyphs:
+            for fake, latin in HOMOGLYPHS.items():
+                if latin.isascii() and fake.isalpha() and latin not in self.options:
+                    self.options[latin] = [fake]
+        if leet:
+            for letter, digit in (("o", "0"), ("i", "1"), ("l", "1"), ("e", "3"), ("a", "4"), ("s", "5"), ("t", "7")):
+                self.options.setdefault(letter, []).append(digit)
+                self.options.setdefault(letter.upper(), []).append(digit)
+
+    def _get_replacement_words(self, word: str) -> list[str]:
+        return [word[:i] + new + word[i + 1:] for i, ch in enumerate(word) for new in self.options.get(ch, ())]
 
 
 @dataclass
@@ -185,5 +210,5 @@ def augment(texts: Sequence[str], labels, augmenter, seed: int = 0, progress: bo
     return out_texts, np.asarray(out_labels, dtype=np.int64)
 
 
-__all__ = ["PipelineWrapper", "recipe", "run", "AttackRun", "diff_html", "augment", "OFFLINE_RECIPES",
+__all__ = ["PipelineWrapper", "VisualSwap", "recipe", "run", "AttackRun", "diff_html", "augment", "OFFLINE_RECIPES",
            "NEED_DOWNLOADS", "textattack"]

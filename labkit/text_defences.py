@@ -62,7 +62,8 @@ def known_words(vocabulary: Iterable[str] = ()) -> set[str]:
 
 
 def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text)
+    # homoglyphs before NFKC too: NFKC turns some look-alikes into other letters (lunate sigma 'Ϲ' -> 'Σ')
+    text = unicodedata.normalize("NFKC", "".join(HOMOGLYPHS.get(ch, ch) for ch in text))
     text = "".join(HOMOGLYPHS.get(ch, ch) for ch in text if ch not in INVISIBLE and unicodedata.category(ch) != "Cf")
     # accents and other combining marks: decompose, drop the marks, recompose ("fréé" -> "free")
     text = "".join(ch for ch in unicodedata.normalize("NFD", text) if unicodedata.category(ch) != "Mn")

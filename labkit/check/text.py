@@ -17,7 +17,7 @@ BENCH_VOCABULARY = ("txt", "ur", "wif", "lar", "oni", "nokia", "ringtone", "2nit
 # (what it tests, obfuscated input, the clean message)
 CASES = (
     ("valid", "Ok lar... joking wif u oni, txt me 2nite when ur home", "Ok lar... joking wif u oni, txt me 2nite when ur home"),
-    ("homoglyph", "Ϲlаim yоur prіze nоw", "Claim your prize now"),
+    ("homoglyph", "\u0421lаim yоur prіze nоw", "Claim your prize now"),
     ("invisible", "fr\u200bee ent\u200dry to win\u2060 a nokia", "free entry to win a nokia"),
     ("leet", "w1n a fr33 c4sh pr1ze", "win a free cash prize"),
     ("numbers", "Call 08712460324 to claim £1000 cash, 150p/msg", "Call 08712460324 to claim £1000 cash, 150p/msg"),
@@ -64,7 +64,7 @@ def _diagnose(case: str, given: str, out: str, expected: str, known: set[str]) -
             return (f"letters vanished ({out!r}): you strip non-ASCII characters, which deletes the Cyrillic "
                     "look-alikes instead of reading them; map each homoglyph to its Latin letter.")
     if case == "invisible":
-        if " ".join(got).replace(" ", "") == "".join(want) and len(got) > len(want):
+        if len(got) > len(want):
             return ("a word was split in two ('fr ee'): you replace invisible characters with spaces; delete them "
                     "(zero-width space U+200B, joiner U+200D, word joiner U+2060, soft hyphen ...).")
         return (f"{out!r} still differs from {expected!r}: delete zero-width and other invisible characters "
