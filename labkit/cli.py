@@ -96,6 +96,15 @@ def cmd_data(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_build_wordnet(args) -> int:
+    from . import textattack_offline
+
+    out = textattack_offline.build_wordnet_zip(args.source, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {datasets.sha256_of(out)}); "
+          "put the sha256 in data/MANIFEST.toml under [nltk_data]")
+    return 0
+
+
 def cmd_build(args) -> int:
     if not args.check:
         for copy in workspace.rescue_edited_labs(notebooks.planned_labs()):
@@ -318,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     course_ = sub.add_parser("course", help="regenerate the course pages (labs/*.md) and the README catalogue")
     course_.add_argument("--check", action="store_true", help="change nothing; exit 1 when a page is stale")
     course_.set_defaults(func=cmd_course)
+    wordnet = sub.add_parser("build-wordnet", help="build data/nltk/wordnet-3.0.zip from Debian's wordnet-base "
+                             "package (`apt-get download wordnet-base`)")
+    wordnet.add_argument("source", help="the wordnet-base .deb, or a folder it was unpacked into with dpkg -x")
+    wordnet.add_argument("--out", default="data/nltk/wordnet-3.0.zip")
+    wordnet.set_defaults(func=cmd_build_wordnet)
     run = sub.add_parser("run", help="execute a lab's solution and print its report")
     run.add_argument("lab")
     run.add_argument("--profile", choices=env.PROFILES)
