@@ -459,6 +459,24 @@ def _load_cifar10(split: str):
     return np.stack(images), np.array(labels, dtype=np.int64)
 
 
+def _load_cifar10_subset(split: str):
+    """The kit's "CIFAR-10 (JPEG copy) subset" (labkit.cifar10.build_subset): 10k train / 2k test."""
+    from . import cifar10
+
+    _check_split("cifar10_subset", split, SPLITS)
+    entry = files("cifar10_subset")[0]
+    return cifar10.read_jpeg_zip(read_verified(entry), split, entry.path)
+
+
+def _load_cifar10_binary(split: str):
+    """The canonical binary release cifar-10-binary.tar.gz, parsed record by record (never the pickle)."""
+    from . import cifar10
+
+    _check_split("cifar10_binary", split, SPLITS)
+    entry = files("cifar10_binary")[0]
+    return cifar10.parse_binary_release(read_verified(entry), splits=(split,), what=entry.path)[split]
+
+
 LOADERS = {
     "mnist": _load_mnist,
     "pneumoniamnist": _load_pneumoniamnist,
@@ -467,13 +485,15 @@ LOADERS = {
     "german_credit": lambda split: _load_table("german_credit", "creditability", "bad", split),
     "taiwan_credit": lambda split: _load_table("taiwan_credit", "class", 1, split),
     "cifar10": _load_cifar10,
+    "cifar10_subset": _load_cifar10_subset,
+    "cifar10_binary": _load_cifar10_binary,
 }
 
 
 def load(name: str, split: str = "train"):
     """Load a verified dataset split.
 
-    Images (mnist, pneumoniamnist, cifar10): (x uint8 array, y int64 array).
+    Images (mnist, pneumoniamnist, cifar10, cifar10_subset, cifar10_binary): (x uint8 array (N, H, W[, 3]), y int64 array).
     Text (sms_spam: 1 = spam; rt_polarity: 1 = positive): (list of str, int64 array).
     Tables (german_credit: 1 = bad risk; taiwan_credit: 1 = default): (pandas DataFrame, int64 array).
     Text and tables also accept split="all"; their train/test split is a fixed stratified 80/20.
