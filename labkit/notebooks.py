@@ -36,6 +36,7 @@ SOLUTION_ONLY = "solution-only"
 TODO_MARKER = "raise NotImplementedError"
 DEFAULT_HINT = "your code here"
 META = "labkit"  # the cell metadata key build writes: {"exercise": name}
+NOT_EXERCISES = {"hint"}  # check.<name> calls that grade nothing
 
 
 class NotebookBuildError(ValueError):
@@ -132,7 +133,8 @@ def exercises_called(source: str) -> list[str]:
         if (isinstance(owner, ast.Name) and owner.id == "check") or (
                 isinstance(owner, ast.Attribute) and owner.attr == "check"
                 and isinstance(owner.value, ast.Name) and owner.value.id == "labkit"):
-            found.append(value.func.attr)
+            if value.func.attr not in NOT_EXERCISES:
+                found.append(value.func.attr)
     return found
 
 
