@@ -61,7 +61,7 @@ def split_validation(y: np.ndarray, size: int, seed: int):
     from sklearn.model_selection import train_test_split
 
     train, val = train_test_split(np.arange(len(y)), test_size=size, random_state=seed, stratify=y)
-    return np.sort(train), np.sort(val)
+    return np.sort(train), val  # the validation order stays shuffled: its first images span every class
 
 
 def _pgd_accuracy(model, x, y, steps: int = 7, eps: float = EPS, step: float = 2 / 255) -> float:
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "monitor clean and PGD accuracy per epoch")
     p.add_argument("--train-limit", type=int, default=0, help="train on the first N images only (tests)")
     p.add_argument("--test-limit", type=int, default=0, help="measure on the first N test images only (tests)")
+    p.add_argument("--val-pgd", type=int, default=500, help="validation images attacked (FGSM, PGD-7) per epoch")
     p.add_argument("--test-pgd", type=int, default=1000, help="test images for the final PGD-10 accuracy")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU (about 2x faster there)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     model, history = train_model(
         model, x[tr], y[tr], args.epochs, x_val=x[va], y_val=y[va], batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, adv=args.adv, eps=eps, alpha=alpha,
-        eps_ramp_epochs=args.eps_ramp_epochs, bf16=args.bf16, log=lambda s: print(s, flush=True),
+        eps_ramp_epochs=args.eps_ramp_epochs, bf16=args.bf16, val_pgd=args.val_pgd, log=lambda s: print(s, flush=True),
         progress=not args.no_progress)
     train_seconds = time.perf_counter() - t0
     xt, yt = to_tensors(x_test, y_test)
