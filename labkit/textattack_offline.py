@@ -57,6 +57,9 @@ MARKER = "post_install_check_3"  # TextAttack 0.3.11 skips its NLTK downloads wh
 NOT_NEEDED = {"omw", "omw-1.4"}
 OFFLINE_VARIABLES = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+# Every environment variable prepare() may set.
+VARIABLES = ("NLTK_DATA", "TA_CACHE_DIR", "TFHUB_CACHE_DIR", "HF_HOME", *OFFLINE_VARIABLES, "KERAS_HOME", "MPLCONFIGDIR",
+             *QUIET_TENSORFLOW)
 _FIXED_TIME = (2006, 12, 6, 0, 0, 0)  # WordNet 3.0's release month: reproducible zip entries
 
 
@@ -183,9 +186,9 @@ def prepare(cache: Path | str | None = None) -> dict:
     nltk.download = _offline_download
     module = sys.modules.get("textattack.shared.utils.install")
     if module is not None and Path(module.TEXTATTACK_CACHE_DIR) != ta_cache:
-        raise OfflineSetupError(
-            f"TextAttack was imported before labkit.textattack_offline.prepare() (its cache is "
-            f"{module.TEXTATTACK_CACHE_DIR}). Restart the kernel and call prepare() before `import textattack`.")
+        warnings.warn(f"TextAttack was imported before labkit.textattack_offline.prepare() (its cache is "
+                      f"{module.TEXTATTACK_CACHE_DIR}); NLTK now reads the kit's data, but to be sure nothing "
+                      "downloads, restart the kernel and call prepare() before `import textattack`.", stacklevel=2)
     return settings
 
 

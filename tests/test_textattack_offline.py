@@ -68,8 +68,7 @@ def test_import_and_recipes_open_no_socket_and_write_only_the_kit_cache(tmp_path
     assert (kit / "nltk_data" / "corpora" / "wordnet" / "data.noun").is_file()
 
 
-PREPARED = ("NLTK_DATA", "TA_CACHE_DIR", "TFHUB_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-            "HF_DATASETS_OFFLINE", "KERAS_HOME", "MPLCONFIGDIR", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
+PREPARED = textattack_offline.VARIABLES
 
 
 @pytest.fixture
