@@ -3,6 +3,7 @@ answer in one sentence that points at the fix.
 
     labkit.check.fgsm(fgsm)                 # prints "✓ fgsm: ..." or raises ExerciseFailed
     labkit.check.fgsm_random_start(fn)      # the adversarial-training perturbation
+    labkit.check.fgsm_tf(fgsm)              # the same exercises in TensorFlow/Keras (lab 01b)
     labkit.check.hint("fgsm")               # hint 1, 2, 3 of an exercise, one per call
 
 A check prints a `Feedback` and returns it when the function passes; it raises `ExerciseFailed`
@@ -14,6 +15,7 @@ random numbers. In Jupyter a failed check shows its sentence first and hides the
 from . import display
 from .common import ExerciseFailed, Feedback
 from .evasion import adversarial_batch, fgsm, fgsm_random_start, perturb
+from .evasion_tf import fgsm_random_start_tf, fgsm_tf
 from .extraction import _NEGATIVE_WORDS, _POSITIVE_WORDS, _surrogate_bench, train_surrogate  # noqa: F401 - tests use the bench
 from .certification import smoothing_certify, smoothing_predict
 from .hints import hint
@@ -24,6 +26,6 @@ from .text import sanitiser
 
 __all__ = ["ExerciseFailed", "Feedback", "fgsm", "fgsm_random_start", "adversarial_batch", "perturb",
            "dp_sgd_step", "dp_sgd_epsilon", "train_surrogate", "api_key_lookup", "sliding_window",
-           "spectral_signatures", "smoothing_predict", "smoothing_certify", "hint", "sanitiser"]
+           "spectral_signatures", "smoothing_predict", "smoothing_certify", "hint", "sanitiser", "fgsm_tf", "fgsm_random_start_tf"]
 
 display.install()  # in Jupyter: a failed check shows its sentence first, without labkit's frames
