@@ -43,6 +43,12 @@ def cmd_doctor(args) -> int:
         stale = notebooks.build(check=True)
         print(f"\nlabs/: {'up to date' if not stale else 'STALE: ' + ', '.join(stale) + ' (run `labkit build`)'}")
         problems += bool(stale)
+        try:
+            pages = course.write(check=True)
+        except course.CourseError as err:
+            pages = [str(err)]
+        print(f"course pages: {'up to date' if not pages else 'STALE: ' + ', '.join(pages) + ' (run `labkit course`)'}")
+        problems += bool(pages)
     print("\nall good" if not problems else f"\n{problems} problem(s) found")
     return 1 if problems else 0
 
