@@ -95,9 +95,8 @@ def page(all_labs=None) -> str:
            "strategy, backed by what the lab measured. Collected here by topic; `labkit interview` asks them at",
            "random in a terminal. For \"walk me through threat-modelling an ML system\", use the",
            "[threat-model map](THREATS.md). Back to the [start page](START.md).", ""]
-    for topic, items in by_topic(questions).items():
-        out.append(f"- [{topic.capitalize()}](#{topic.replace(' ', '-')}) ({len(items)})")
-    out.append("")
+    counts = ", ".join(f"{topic} {len(items)}" for topic, items in by_topic(questions).items())
+    out += [f"Questions per topic: {counts}.", ""]
     for topic, items in by_topic(questions).items():
         out += [f"## {topic.capitalize()}", ""]
         if not items:
