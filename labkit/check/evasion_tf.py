@@ -139,10 +139,11 @@ def _run(exercise: str, fn: Callable, args: tuple, expected: str, references) ->
         except (ValueError, TypeError, AttributeError) as e:
             text = str(e)
             if "None" in text or "NoneType" in text:
-                fail(exercise, "tape.gradient returned None, so there was no gradient to step along: the images are "
-                     "a tensor, not a tf.Variable, so the tape does not follow them unless you say so. Call "
-                     "tape.watch(x) inside `with tf.GradientTape() as tape:` before the forward pass, and compute "
-                     "the loss inside the `with` block.", e)
+                fail(exercise, "tape.gradient returned None, so there was no gradient to step along: the tape did "
+                     "not connect the loss to the tensor you asked about. Images are tensors, not tf.Variables, so "
+                     "the tape follows them only after tape.watch(...): inside `with tf.GradientTape() as tape:` "
+                     "watch the tensor first (x, or delta for a random start), then compute the loss from that very "
+                     "tensor (model(x + delta) for a random start) inside the block.", e)
             raise
 
     guarded.__signature__ = None  # check_signature already ran on fn itself
@@ -236,6 +237,10 @@ def _diagnose_fgsm(model, x: np.ndarray, y: np.ndarray, eps: float, out: np.ndar
     predicted = np.asarray(model(x, training=False)).argmax(1)
     if (predicted != y).any() and agree(out, np.asarray(fgsm_reference(model, x, eps, y=predicted))) >= 0.999:
         return "you attacked the model's predicted labels; this exercise gives you the true labels y: use them in the loss."
+    size = _uniform_size(np.where(free, delta, 0))
+    if size is not None and abs(size - eps) > 1e-4:
+        return (f"every moved pixel moved by {size:.3f}, but eps is {eps:g}: a fixed number or an extra factor in the "
+                "step. FGSM moves each pixel by exactly eps: x + eps * tf.sign(grad).")
     moved = free & (np.abs(delta) > ATOL) & (grad != 0)
     if moved.any():
         at_eps = float((np.abs(np.abs(delta[moved]) - eps) <= 1e-4).mean())
