@@ -165,7 +165,7 @@ def _stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator, al
 
 
 def build_subset(source: bytes, out: Path, n_train: int = 10_000, n_test: int = 2_000, seed: int = 0,
-                 near_duplicate: float = 2.0, what: str = "cifar10-jpeg.zip") -> dict:
+                 near_duplicate: float = 8.0, what: str = "cifar10-jpeg.zip") -> dict:
     """Write the stratified subset of a JPEG-copy zip to `out`; return what was done (counts, sha256,
     duplicates left out). Train images come from the source's train split, test images from its test
     split after removing those that duplicate any image of the whole train split."""
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--train", type=int, default=10_000)
     s.add_argument("--test", type=int, default=2_000)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--near-duplicate", type=float, default=2.0)
+    s.add_argument("--near-duplicate", type=float, default=8.0)
     args = p.parse_args(argv)
     from . import datasets
 

@@ -20,6 +20,7 @@ from .extraction import _NEGATIVE_WORDS, _POSITIVE_WORDS, _surrogate_bench, trai
 from .certification import smoothing_certify, smoothing_predict
 from .hints import hint
 from .poisoning import spectral_signatures
+from .pgd import adversarial_step, pgd
 from .privacy import dp_sgd_epsilon, dp_sgd_step
 from .serving import api_key_lookup, sliding_window
 from .text import sanitiser
