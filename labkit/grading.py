@@ -258,7 +258,7 @@ def write_gradebook(results: list[Result], scheme_: Scheme, path: Path) -> None:
             row += [points if graded and r.exercises.get(n) == "passed" else 0 for n, points in scheme_.exercises.items()]
             row += [points if graded and r.targets.get(m, {}).get("met") else 0 for m, points in scheme_.targets.items()]
             percent = round(100 * r.score / r.max_score, 1) if r.max_score else 0.0
-            row += [r.score, r.max_score, percent, r.wall_time_s, len(r.todos), r.error]
+            row += [f"{r.score:g}", f"{r.max_score:g}", percent, r.wall_time_s, len(r.todos), r.error]
             writer.writerow(row)
 
 
@@ -299,3 +299,40 @@ def write_feedback(r: Result, scheme_: Scheme, lab_id: str, profile: str, path: 
 
 if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "worker":
     sys.exit(worker(*sys.argv[2:]))
+
+
+# ---- nbgrader --------------------------------------------------------------------------------
+
+def nbgrader_source(solution: Path, lab_id: str, profile: str = "quick"):
+    """A solution notebook marked up for nbgrader's full pipeline (generate_assignment, autograde).
+
+    nbgrader already recognises the kit's `# BEGIN SOLUTION` / `# END SOLUTION` lines, but it wants
+    every cell holding one marked as a solution cell, and the cells that grade marked as tests with
+    points: here each cell that calls a check gets the exercise's points, and the report cell (which
+    fails when a target is missed) the points of all the targets. Cells tagged `solution-only` are
+    left out, as `labkit build` does; `# HINT` lines stay in the solution (nbgrader clears them with it)."""
+    import nbformat
+
+    nb = nbformat.read(solution, as_version=4)
+    points = scheme(lab_id, profile, exercises=[n for c in nb.cells if c.cell_type == "code"
+                                                for n in notebooks.exercises_called(c.source)])
+    kept = []
+    for index, cell in enumerate(nb.cells):
+        if notebooks.SOLUTION_ONLY in cell.metadata.get("tags", []):
+            continue
+        meta = None
+        if cell.cell_type == "code" and "# BEGIN SOLUTION" in cell.source:
+            meta = {"solution": True, "grade": False, "locked": False, "grade_id": f"answer_{index}"}
+        elif cell.cell_type == "code" and notebooks.exercises_called(cell.source):
+            name = notebooks.exercises_called(cell.source)[0]
+            meta = {"solution": False, "grade": True, "locked": True, "points": points.exercises.get(name, 0),
+                    "grade_id": f"check_{name}"}
+        elif cell.cell_type == "code" and f'report("{lab_id}"' in cell.source.replace("'", '"'):
+            meta = {"solution": False, "grade": True, "locked": True, "points": sum(points.targets.values()),
+                    "grade_id": "targets"}
+        if meta:
+            cell.metadata["nbgrader"] = {**meta, "schema_version": 3}
+        kept.append(cell)
+    nb.cells = kept
+    notebooks.clean(nb)
+    return nb
