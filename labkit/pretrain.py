@@ -94,11 +94,13 @@ def train_model(model: nn.Module, x_train, y_train, epochs: int, *, x_val=None, 
         raise ValueError(f"epochs must be at least 1; got {epochs}.")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    attack_gen = gen if device.type == "cpu" else None  # a CPU generator cannot draw on a GPU
     xt, yt = to_tensors(x_train, y_train)
     xt = (xt * 255).round().to(torch.uint8)  # keep the training set as bytes: 4x less memory
     has_val = x_val is not None and len(x_val) > 0
     if has_val:
-        xv, yv = to_tensors(x_val, y_val)
+        xv, yv = (t.to(device) for t in to_tensors(x_val, y_val))
     steps_per_epoch = (len(xt) + batch_size - 1) // batch_size
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
@@ -116,14 +118,14 @@ def train_model(model: nn.Module, x_train, y_train, epochs: int, *, x_val=None, 
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", disable=not progress, mininterval=5)
         for i in bar:
             idx = order[i * batch_size:(i + 1) * batch_size]
-            xb = augment(xt[idx].float() / 255, gen).contiguous(memory_format=torch.channels_last)
-            yb = yt[idx]
+            xb = augment(xt[idx].float() / 255, gen).to(device).contiguous(memory_format=torch.channels_last)
+            yb = yt[idx].to(device)
             if adv == "fgsm_rs":
                 e = eps * min(1.0, (step_count + 1) / ramp_steps) if ramp_steps else eps
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    xb = attacks.fgsm_random_start(model, xb, yb, e, alpha * e / eps, generator=gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    xb = attacks.fgsm_random_start(model, xb, yb, e, alpha * e / eps, generator=attack_gen)
                 xb = xb.float().contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(xb)
                 loss = F.cross_entropy(logits.float(), yb)
             opt.zero_grad(set_to_none=True)
