@@ -23,7 +23,7 @@ from torch import nn
 
 from . import datasets, models
 
-__all__ = ["CheckpointError", "CheckpointCorrupted", "save", "load_model", "load_shipped", "model_from_bytes",
+__all__ = ["CheckpointError", "CheckpointCorrupted", "save", "load_model", "load_shipped", "shipped_record", "model_from_bytes",
            "sidecar_path", "read_sidecar"]
 
 
@@ -123,3 +123,12 @@ def load_shipped(name: str) -> nn.Module:
     except datasets.DatasetCorrupted as err:
         raise CheckpointCorrupted(f"The weights {name!r} were refused before being read: {err}") from None
     return model_from_bytes(data, entry.path)
+
+
+def shipped_record(name: str) -> dict:
+    """The training record (.json sidecar) of weights the kit ships, read after its sha256 matched
+    the manifest: the command that trained them, data, seed, epochs, measured accuracy, wall time."""
+    entry = next((f for f in datasets.files(name) if f.path.endswith(".json")), None)
+    if entry is None:
+        raise CheckpointError(f"{name!r} in data/MANIFEST.toml lists no .json training record.")
+    return json.loads(datasets.read_verified(entry, fetch=False))
