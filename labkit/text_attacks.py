@@ -182,10 +182,8 @@ def diff_html(run_: AttackRun, k: int = 5) -> str:
     rows = []
     for r in [r for r in run_.results if isinstance(r, SuccessfulAttackResult)][:k]:
         before, after = r.diff_color(color_method="html")
-        p0 = r.original_result.output_probs.numpy()[1] if hasattr(r.original_result.output_probs, "numpy") \
-            else float(r.original_result.output_probs[1])
-        p1 = r.perturbed_result.output_probs.numpy()[1] if hasattr(r.perturbed_result.output_probs, "numpy") \
-            else float(r.perturbed_result.output_probs[1])
+        p0 = float(r.original_result.raw_output[1])  # the model's P(spam) before and after
+        p1 = float(r.perturbed_result.raw_output[1])
         rows.append(f"<tr><td style='text-align:left'>{before}<br><small>P(spam) {p0:.2f}</small></td>"
                     f"<td style='text-align:left'>{after}<br><small>P(spam) {p1:.2f}</small></td></tr>")
     if not rows:
