@@ -14,6 +14,7 @@ random numbers. In Jupyter a failed check shows its sentence first and hides the
 """
 from . import display
 from .common import ExerciseFailed, Feedback
+from .federated import norm_clip
 from .evasion import adversarial_batch, fgsm, fgsm_random_start, perturb
 from .evasion_tf import fgsm_random_start_tf, fgsm_tf
 from .extraction import _NEGATIVE_WORDS, _POSITIVE_WORDS, _surrogate_bench, train_surrogate  # noqa: F401 - tests use the bench
