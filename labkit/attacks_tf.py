@@ -123,7 +123,13 @@ def classifier(model, input_shape=None, nb_classes: int = 10, loss: str = "ce"):
         loss_object = _DLRLoss()
     else:
         raise ValueError(f"loss must be 'ce' or 'dlr'; got {loss!r}.")
-    input_shape = tuple(input_shape or model.input_shape[1:])
+    if input_shape is None:
+        try:
+            input_shape = model.input_shape[1:]
+        except (AttributeError, ValueError):
+            raise ValueError("this Keras model does not know its input shape (a subclassed model): pass "
+                             "input_shape=x.shape[1:]") from None
+    input_shape = tuple(input_shape)
     return TensorFlowV2Classifier(model=model, nb_classes=nb_classes, input_shape=input_shape, loss_object=loss_object,
                                   clip_values=(CLIP_MIN, CLIP_MAX))
 
@@ -151,8 +157,9 @@ def pgd(model, x, y, eps: float, step: float = 0.01, steps: int = 40, restarts: 
     if restarts < 1:
         raise ValueError(f"restarts is the number of random starts, at least 1; got {restarts}.")
     with _numpy_seed(seed):
-        attack = ProjectedGradientDescent(classifier(model), norm=np.inf, eps=eps, eps_step=step, max_iter=steps,
-                                          num_random_init=restarts, batch_size=batch_size, verbose=False)
+        attack = ProjectedGradientDescent(classifier(model, np.shape(x)[1:]), norm=np.inf, eps=eps, eps_step=step,
+                                          max_iter=steps, num_random_init=restarts, batch_size=batch_size,
+                                          verbose=False)
         return _project(attack.generate(x=_numpy(x), y=_labels(y)), x, eps)
 
 
@@ -167,8 +174,8 @@ def apgd(model, x, y, eps: float, loss: str = "ce", steps: int = 100, restarts: 
         raise ValueError(f"loss must be 'ce' or 'dlr'; got {loss!r}.")
     with _numpy_seed(seed):
         # loss_type=None: ART's APGD ascends the estimator's own loss (ours), not a copy it builds.
-        attack = AutoProjectedGradientDescent(classifier(model, loss=loss), norm=np.inf, eps=eps, eps_step=2 * eps,
-                                              max_iter=steps, targeted=False, nb_random_init=restarts,
+        attack = AutoProjectedGradientDescent(classifier(model, np.shape(x)[1:], loss=loss), norm=np.inf, eps=eps,
+                                              eps_step=2 * eps, max_iter=steps, targeted=False, nb_random_init=restarts,
                                               batch_size=batch_size, loss_type=None, verbose=False)
         return _project(attack.generate(x=_numpy(x), y=_labels(y)), x, eps)
 
@@ -180,7 +187,7 @@ def square(model, x, y, eps: float, queries: int = 300, p_init: float = 0.8, bat
     from art.attacks.evasion import SquareAttack
 
     with _numpy_seed(seed):
-        attack = SquareAttack(classifier(model), norm=np.inf, eps=eps, max_iter=queries, p_init=p_init,
+        attack = SquareAttack(classifier(model, np.shape(x)[1:]), norm=np.inf, eps=eps, max_iter=queries, p_init=p_init,
                               nb_restarts=1, batch_size=batch_size, verbose=False)
         return _project(attack.generate(x=_numpy(x), y=_labels(y)), x, eps)
 
@@ -249,17 +256,21 @@ def ladder_rungs(eps: float, fgsm: Optional[Callable] = None, pgd_step: float = 
                  restarts: int = 3, apgd_steps: int = 100, apgd_restarts: int = 3, square_queries: int = 0,
                  seed: int = 0) -> dict:
     """The evaluation ladder, weakest first: FGSM (`fgsm(model, x, y, eps)`, default cleverhans), PGD
-    (ART), PGD from `restarts` random starts, APGD-CE, APGD-DLR, and Square when `square_queries` > 0.
+    (ART), PGD from `restarts` random starts (when restarts > 1), APGD-CE, APGD-DLR, and Square when
+    `square_queries` > 0.
     "APGD-CE" and "APGD-DLR" are the ones to take the worst case over."""
     fgsm = fgsm or (lambda m, x, y, e: fgsm_reference(m, x, e, y=y))
     rungs = {
         "FGSM": lambda m, x, y: fgsm(m, x, y, eps),
         f"PGD-{pgd_steps}": lambda m, x, y: pgd(m, x, y, eps, pgd_step, pgd_steps, restarts=1, seed=seed),
-        f"PGD-{pgd_steps}, {restarts} restarts": lambda m, x, y: pgd(m, x, y, eps, pgd_step, pgd_steps,
-                                                                     restarts=restarts, seed=seed + 1),
         "APGD-CE": lambda m, x, y: apgd(m, x, y, eps, "ce", steps=apgd_steps, restarts=apgd_restarts, seed=seed),
         "APGD-DLR": lambda m, x, y: apgd(m, x, y, eps, "dlr", steps=apgd_steps, restarts=apgd_restarts, seed=seed),
     }
+    if restarts > 1:  # ART's PGD runs every start on every image: as costly as `restarts` PGD runs
+        rungs[f"PGD-{pgd_steps}, {restarts} restarts"] = lambda m, x, y: pgd(m, x, y, eps, pgd_step, pgd_steps,
+                                                                            restarts=restarts, seed=seed + 1)
+        rungs = {name: rungs[name] for name in ("FGSM", f"PGD-{pgd_steps}", f"PGD-{pgd_steps}, {restarts} restarts",
+                                                "APGD-CE", "APGD-DLR")}
     if square_queries:
         rungs[f"Square, {square_queries} queries"] = lambda m, x, y: square(m, x, y, eps, queries=square_queries,
                                                                            seed=seed)

@@ -232,9 +232,9 @@ def adversarial_grid(model, x, y, x_adv, eps: float, title: str):
     from . import plots
 
     def to_torch(a):
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32).transpose(0, 3, 1, 2)))
+        return torch.tensor(np.asarray(a, np.float32).transpose(0, 3, 1, 2))
 
     def torch_view(t):  # NCHW torch tensor -> the Keras model's logits as a torch tensor
-        return torch.from_numpy(np.asarray(model(t.numpy().transpose(0, 2, 3, 1), training=False)))
+        return torch.tensor(np.asarray(model(t.numpy().transpose(0, 2, 3, 1), training=False)))
 
     return plots.adversarial_grid(torch_view, to_torch(x), torch.as_tensor(np.asarray(y)), to_torch(x_adv), eps, title)

@@ -277,6 +277,10 @@ def _eps_scale_problem(runs) -> str | None:
     if max(s for _, s in sizes) - min(s for _, s in sizes) <= 1e-4:
         return (f"every pixel moved by {sizes[0][1]:.3f} whatever eps was ({shown}): you used a fixed number; use "
                 "the eps argument, x + eps * tf.sign(grad).")
+    ratios = [s / eps for eps, s in sizes]
+    if max(ratios) - min(ratios) <= 1e-3 * max(ratios):
+        return (f"every pixel moved by {ratios[0]:.3g} x eps ({shown}): an extra factor in the step. FGSM moves each "
+                "pixel by exactly eps: x + eps * tf.sign(grad).")
     return (f"every pixel moved by one size that is not eps ({shown}): FGSM moves each pixel by exactly eps, "
             "x + eps * tf.sign(grad).")
 
@@ -295,6 +299,9 @@ def fgsm_tf(fn: Callable, eps_values: tuple[float, ...] = (0.2, 0.1)) -> Feedbac
         x_np, y_np = np.asarray(x), np.asarray(y)
         out = _as_images(exercise, out, x_np)
         _side_effects(exercise, model, weights)
+        if out.min() < -ATOL and np.abs(out).max() <= eps + ATOL:
+            fail(exercise, f"you returned the perturbation (its values lie in [-{eps:g}, {eps:g}]) instead of the "
+                 "adversarial image: return x + the perturbation, clipped to [0, 1].")
         runs.append((model, x_np, y_np, eps, out))
     problem = _eps_scale_problem([(eps, x, out) for _, x, _, eps, out in runs])
     if problem:
