@@ -55,7 +55,7 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 __all__ = ["dirichlet_partition", "ClientData", "local_train", "make_client_app", "make_server_app",
            "InProcessGrid", "run_in_process", "run_simulation_engine", "FoolsGold", "NormClipAvg",
            "clip_update_reference", "foolsgold_weights", "AuditedStrategy", "build_strategy", "DEFENCES",
-           "flat", "update_norm", "quiet_flower"]
+           "flat", "update_norm", "quiet_flower", "common_settings", "audit_summary", "RunLog"]
 
 HONEST, BACKDOOR, REPLACEMENT, SYBIL = "honest", "backdoor", "replacement", "sybil"
 ROLES = (HONEST, BACKDOOR, REPLACEMENT, SYBIL)
@@ -184,8 +184,9 @@ def make_client_app(get_task: Callable[[Context], object]) -> ClientApp:
         model = task.model()
         global_state = msg.content["arrays"].to_torch_state_dict()
         model.load_state_dict(global_state)
-        stats = local_train(model, data.x, data.y, epochs=task.local_epochs, batch_size=task.batch_size,
-                            lr=task.lr, seed=client_seed(task.seed, pid, server_round))
+        with single_thread():
+            stats = local_train(model, data.x, data.y, epochs=task.local_epochs, batch_size=task.batch_size,
+                                lr=task.lr, seed=client_seed(task.seed, pid, server_round))
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if data.boost != 1.0:
             state = {k: global_state[k] + data.boost * (state[k] - global_state[k]) for k in state}
@@ -342,6 +343,13 @@ class FoolsGold(FedAvg):
         return ArrayRecord(out), metrics
 
 
+def common_settings(num_clients: int) -> dict:
+    """Strategy settings of the labs: all `num_clients` nodes train in every round; no client-side
+    evaluation (the server evaluates the global model)."""
+    return dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_clients,
+                min_available_nodes=num_clients)
+
+
 DEFENCES = ("fedavg", "norm_clip", "flower_clip", "weak_dp", "krum", "multikrum", "trimmed_mean", "median",
             "foolsgold")
 
@@ -350,8 +358,7 @@ def build_strategy(defence: str, num_clients: int, *, clip_bound: float = 1.0, d
                    num_malicious: int = 1, trim_beta: float = 0.2, clip_fn: Callable | None = None) -> Strategy:
     """One of Flower's strategies (or the kit's FoolsGold / NormClipAvg), every client sampled in
     every round, no client-side evaluation (the server evaluates the global model itself)."""
-    common = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_clients,
-                  min_available_nodes=num_clients)
+    common = common_settings(num_clients)
     if defence == "fedavg":
         return FedAvg(**common)
     if defence == "norm_clip":

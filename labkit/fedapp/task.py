@@ -87,38 +87,13 @@ class SpamTask:
         kwargs = {names[k]: v for k, v in dict(run_config).items() if k in names}
         return cls(**kwargs)
 
-    def __getstate__(self):  # Ray ships the task to its workers: settings only, no cached data
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
     # -- data ---------------------------------------------------------------------------------
+    def _settings(self) -> tuple:
+        return tuple((k, getattr(self, k)) for k in self.__dataclass_fields__)
+
     def _data(self):
-        key = "_cache"
-        if key not in self.__dict__:
-            texts, labels, feats, test_texts, test_labels, dropped = _corpus(self.dim)
-            parts = federated.dirichlet_partition(labels, self.num_clients, self.alpha, seed=self.seed, min_size=20)
-            spam_counts = np.array([(labels[p] == SPAM).sum() for p in parts])
-            order = np.argsort(-spam_counts, kind="stable")  # the attacker runs the clients richest in spam
-            n_bad = {"none": 0, "backdoor": 1, "replacement": 1, "sybil": self.num_sybils}[self.attack]
-            malicious = [int(i) for i in order[:n_bad]]
-            attacker = malicious[0] if malicious else None
-            poison_texts: list[str] = []
-            if attacker is not None:
-                own = parts[attacker]
-                spam = [texts[i] for i in own if labels[i] == SPAM]
-                if not spam:
-                    raise ValueError("the attacker's client holds no spam to poison: use another seed or a larger alpha.")
-                rng = np.random.default_rng(self.seed + 17)
-                n_poison = max(1, int(round(self.poison_fraction * len(own))))
-                picks = rng.choice(len(spam), size=n_poison, replace=n_poison > len(spam))
-                poison_texts = poisoning.insert_trigger([spam[i] for i in picks], self.trigger, seed=self.seed + 18)
-            # held-out spam for the backdoor: not seen in training, not a poisoned copy
-            test_spam = [t for t, y in zip(test_texts, test_labels) if y == SPAM]
-            self.__dict__[key] = dict(texts=texts, labels=labels, feats=feats, parts=parts, malicious=malicious,
-                                      attacker=attacker, poison_texts=poison_texts,
-                                      poison_feats=hashed_bag_of_words(poison_texts, self.dim),
-                                      test_x=torch.from_numpy(hashed_bag_of_words(test_texts, self.dim)),
-                                      test_y=torch.as_tensor(test_labels), test_spam=test_spam, dropped=dropped)
-        return self.__dict__[key]
+        """The split, the attacker's poisoned set and the held-out sets, built once per process."""
+        return _prepare(self._settings())
 
     @property
     def partitions(self) -> list[np.ndarray]:
@@ -136,7 +111,10 @@ class SpamTask:
         return server_round >= self.attack_from and (not self.attack_until or server_round <= self.attack_until)
 
     def model(self) -> nn.Module:
-        return BagOfWordsMLP(self.dim, self.hidden)
+        """The model, initialised from the task's seed (the same start on every engine and node)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return BagOfWordsMLP(self.dim, self.hidden)
 
     def client_data(self, partition_id: int, num_partitions: int, server_round: int | None = None):
         if num_partitions != self.num_clients:
@@ -175,3 +153,31 @@ class SpamTask:
         else:
             backdoor = float("nan")
         return {"main_accuracy": main, "backdoor_success": backdoor}
+
+
+@functools.lru_cache(maxsize=8)
+def _prepare(settings: tuple) -> dict:
+    task = SpamTask(**dict(settings))
+    texts, labels, feats, test_texts, test_labels, dropped = _corpus(task.dim)
+    parts = federated.dirichlet_partition(labels, task.num_clients, task.alpha, seed=task.seed, min_size=20)
+    spam_counts = np.array([(labels[p] == SPAM).sum() for p in parts])
+    order = np.argsort(-spam_counts, kind="stable")  # the attacker runs the clients richest in spam
+    n_bad = {"none": 0, "backdoor": 1, "replacement": 1, "sybil": task.num_sybils}[task.attack]
+    malicious = [int(i) for i in order[:n_bad]]
+    attacker = malicious[0] if malicious else None
+    poison_texts: list[str] = []
+    if attacker is not None:
+        own = parts[attacker]
+        spam = [texts[i] for i in own if labels[i] == SPAM]
+        if not spam:
+            raise ValueError("the attacker's client holds no spam to poison: use another seed or a larger alpha.")
+        rng = np.random.default_rng(task.seed + 17)
+        n_poison = max(1, int(round(task.poison_fraction * len(own))))
+        picks = rng.choice(len(spam), size=n_poison, replace=n_poison > len(spam))
+        poison_texts = poisoning.insert_trigger([spam[i] for i in picks], task.trigger, seed=task.seed + 18)
+    # held-out spam for the backdoor: test messages de-duplicated against training (_corpus)
+    test_spam = [t for t, y in zip(test_texts, test_labels) if y == SPAM]
+    return dict(texts=texts, labels=labels, feats=feats, parts=parts, malicious=malicious, attacker=attacker,
+                poison_texts=poison_texts, poison_feats=hashed_bag_of_words(poison_texts, task.dim),
+                test_x=torch.from_numpy(hashed_bag_of_words(test_texts, task.dim)),
+                test_y=torch.as_tensor(test_labels), test_spam=test_spam, dropped=dropped)
