@@ -210,3 +210,33 @@ def test_in_process_grid_runs_the_server_app_and_replies_come_from_each_node():
     server2 = federated.make_server_app(lambda c: task, lambda c, t: federated.build_strategy("fedavg", task.n), 2, log2)
     federated.run_in_process(server2, federated.make_client_app(lambda c: task), task.n)
     assert np.allclose(federated.flat(log.arrays), federated.flat(log2.arrays), atol=1e-6)
+
+
+# ---- lab 06's task -----------------------------------------------------------------------------------
+
+def test_spam_task_held_out_sets_are_unseen_and_the_attacker_poisons_its_own_spam():
+    from labkit import poisoning
+    from labkit.fedapp import SpamTask
+
+    task = SpamTask(num_clients=5, attack="sybil", num_sybils=2, seed=1)
+    d = task._data()
+    assert not poisoning.seen_in(d["test_spam"], d["texts"]).any()
+    assert sorted(np.concatenate(task.partitions).tolist()) == list(range(len(d["labels"])))
+    roles = task.roles()
+    assert sum(r == "sybil" for r in roles.values()) == 2
+    bad = task.client_data(task.malicious[0], 5, server_round=1)
+    good = task.client_data([i for i, r in roles.items() if r == "honest"][0], 5, server_round=1)
+    assert bad.role == "sybil" and (bad.y == 0).sum() > 0 and len(bad.y) > len(task.partitions[task.malicious[0]])
+    assert good.role == "honest" and good.boost == 1.0
+    assert all(task.trigger in t for t in d["poison_texts"])
+    same = SpamTask.from_run_config({"num-clients": 5, "attack": "sybil", "num-sybils": 2, "seed": 1, "defence": "x"})
+    assert same == task
+
+
+def test_spam_task_bad_settings_say_what_to_change():
+    from labkit.fedapp import SpamTask
+
+    with pytest.raises(ValueError, match="attack must be one of"):
+        SpamTask(attack="poison")
+    with pytest.raises(ValueError, match="num-clients to the number of SuperNodes"):
+        SpamTask(num_clients=4, attack="none").client_data(0, 3)
