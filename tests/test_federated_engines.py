@@ -80,7 +80,9 @@ def test_deployment_engine_runs_the_lab_app_on_localhost(tmp_path):
     home.mkdir()
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "lab06"\n\n[superlink.lab06]\naddress = "127.0.0.1:{control}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    # the SuperLink and SuperNodes start flower-superexec and flwr-serverapp / flwr-clientapp from PATH
+    env = {**os.environ, "FLWR_HOME": str(home), "PYTHONUNBUFFERED": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     app_dir = tmp_path / "fedapp"
     src = Path(federated.__file__).parent / "fedapp"
     shutil.copytree(src, app_dir, ignore=shutil.ignore_patterns("__pycache__"))
