@@ -85,10 +85,23 @@ def test_attack_metrics_on_a_known_model(ta, model):
     for adv in run.adversarial():
         assert wrapper([adv]).argmax() == 0  # every successful adversarial message fools the model
     assert len(run.originals()) == c["successful"]
-    html = ta.diff_html(run, k=1)
-    assert "<table>" in html or "no successful attack" in html
     with pytest.raises(ValueError, match="labels"):
         ta.run(ta.recipe("DeepWordBugGao2018", wrapper), texts, [1], progress=False)
+
+
+def test_an_attack_assembled_from_the_four_parts_breaks_the_toy_model_and_shows_its_diff(ta, model):
+    from textattack import Attack
+    from textattack.constraints.pre_transformation import RepeatModification
+    from textattack.goal_functions import UntargetedClassification
+    from textattack.search_methods import GreedyWordSwapWIR
+
+    wrapper = ta.PipelineWrapper(model)
+    attack = Attack(UntargetedClassification(wrapper), [RepeatModification()], ta.VisualSwap(), GreedyWordSwapWIR("delete"))
+    run = ta.run(attack, TEXTS[:2], [1, 1], progress=False)
+    assert run.counts()["successful"] == 2 and run.metrics()["success_rate"] == 1.0
+    html = ta.diff_html(run, k=1)
+    assert html.count("<tr>") == 2 and "P(spam)" in html and ("<font" in html or "<span" in html)
+    assert "no successful attack" in ta.diff_html(ta.AttackRun("none", [], 0.0))
 
 
 def test_visual_swap_reads_the_same_to_a_person(ta):
