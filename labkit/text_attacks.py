@@ -93,13 +93,16 @@ def recipe(name: str, model_wrapper: ModelWrapper, query_budget: int | None = No
 class VisualSwap(WordSwap):
     """Swap one character of a word for a look-alike: a letter from another script (Cyrillic 'а'
     for Latin 'a') or a leetspeak digit ('3' for 'e'). A reader sees the same word; a model that
-    matches tokens sees a word it never met. One candidate per swappable position and kind."""
+    matches tokens sees a word it never met. One candidate per swappable position and kind, or
+    with random_one=True a single random one per word (as TextAttack's character swaps do):
+    an augmenter then builds copies at a fraction of the cost."""
 
-    def __init__(self, homoglyphs: bool = True, leet: bool = True):
+    def __init__(self, homoglyphs: bool = True, leet: bool = True, random_one: bool = False):
         from .text_defences import HOMOGLYPHS
 
         if not (homoglyphs or leet):
             raise ValueError("VisualSwap needs homoglyphs=True, leet=True or both.")
+        self.random_one = random_one
         self.options: dict[str, list[str]] = {}
         if homoglyphs:
             for fake, latin in HOMOGLYPHS.items():
@@ -111,7 +114,10 @@ class VisualSwap(WordSwap):
                 self.options.setdefault(letter.upper(), []).append(digit)
 
     def _get_replacement_words(self, word: str) -> list[str]:
-        return [word[:i] + new + word[i + 1:] for i, ch in enumerate(word) for new in self.options.get(ch, ())]
+        candidates = [word[:i] + new + word[i + 1:] for i, ch in enumerate(word) for new in self.options.get(ch, ())]
+        if self.random_one and candidates:
+            return [random.choice(candidates)]
+        return candidates
 
 
 @dataclass

@@ -116,6 +116,18 @@ def test_visual_swap_reads_the_same_to_a_person(ta):
         ta.VisualSwap(homoglyphs=False, leet=False)
 
 
+def test_visual_swap_random_one_offers_a_single_look_alike_from_the_full_list(ta):
+    import random
+
+    random.seed(0)
+    every = ta.VisualSwap()._get_replacement_words("prize")
+    one = ta.VisualSwap(random_one=True)
+    picks = [one._get_replacement_words("prize") for _ in range(30)]
+    assert all(len(p) == 1 and p[0] in every for p in picks)
+    assert len({p[0] for p in picks}) > 1  # random, not always the first candidate
+    assert one._get_replacement_words("fr") == []  # no look-alike for f or r: no candidate
+
+
 def test_monitor_false_flags_at_most_its_rate_on_what_it_was_fitted_on():
     from labkit.text_defences import Monitor
 
