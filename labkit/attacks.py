@@ -315,6 +315,16 @@ def ladder(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rungs: dict, wors
     """Run each attack in `rungs` ({name: attack(model, x, y) -> x_adv}, weakest first) on the
     first `sizes.get(name, len(x))` images and return a `Ladder`. The worst case over the rungs in
     `worst_of` (which must share the same images) is added as the last rung, `worst_name`."""
+    return run_ladder(robust_mask, model, x, y, rungs, worst_of, sizes, worst_name, batch_size, progress,
+                      all_of=lambda masks: torch.stack(masks).all(0))
+
+
+def run_ladder(robust_mask_fn: Callable, model, x, y, rungs: dict, worst_of=(), sizes: Optional[dict] = None,
+               worst_name: str = "worst case", batch_size: int = 500, progress: bool = True,
+               all_of: Callable = lambda masks: np.all(masks, axis=0)) -> Ladder:
+    """The ladder loop shared by the PyTorch and the TensorFlow labs: `robust_mask_fn(model, x, y,
+    attack, batch_size)` gives the per-image result in the framework's own type, `all_of` ANDs a
+    list of them."""
     sizes = sizes or {}
     result = Ladder(worst_of=tuple(worst_of), worst_name=worst_name)
     bar = _train._progress(list(rungs.items()), "attack ladder", progress)
@@ -322,10 +332,10 @@ def ladder(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rungs: dict, wors
         bar.set_postfix_str(name, refresh=True)
         n = min(int(sizes.get(name, len(x))), len(x))
         start = time.perf_counter()
-        mask = robust_mask(model, x[:n], y[:n], attack, batch_size=batch_size)
+        mask = robust_mask_fn(model, x[:n], y[:n], attack, batch_size=batch_size)
         result.seconds[name] = time.perf_counter() - start
         result.robust[name], result.images[name] = mask, n
-        result.accuracy[name] = float(mask.float().mean()) if n else float("nan")
+        result.accuracy[name] = _share(mask) if n else float("nan")
     if worst_of:
         missing = [name for name in worst_of if name not in result.robust]
         if missing:
@@ -333,11 +343,16 @@ def ladder(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rungs: dict, wors
         n = {result.images[name] for name in worst_of}
         if len(n) != 1:
             raise ValueError(f"the attacks in worst_of must run on the same images; sizes {n}.")
-        mask = torch.stack([result.robust[name] for name in worst_of]).all(0)
+        mask = all_of([result.robust[name] for name in worst_of])
         result.robust[worst_name], result.images[worst_name] = mask, n.pop()
-        result.accuracy[worst_name] = float(mask.float().mean())
+        result.accuracy[worst_name] = _share(mask)
         result.seconds[worst_name] = sum(result.seconds[name] for name in worst_of)
     return result
+
+
+def _share(mask) -> float:
+    """Share of True in a boolean torch tensor or numpy array."""
+    return float(np.asarray(mask, dtype=np.float64).mean())
 
 
 def ladder_rungs(eps: float, fgsm: Optional[Callable] = None, pgd_step: float = 0.01, pgd_steps: int = 40,

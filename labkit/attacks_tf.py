@@ -16,12 +16,11 @@ function returns adversarial images as a numpy array in [0, 1]; none changes the
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Optional
 
 import numpy as np
 
-from .attacks import Ladder, _numpy_seed
+from .attacks import Ladder, _numpy_seed, run_ladder
 
 __all__ = ["fgsm_reference", "pgd_cleverhans", "fgsm_random_start", "classifier", "dlr_loss", "pgd", "apgd",
            "square", "accuracy_under_attack", "robust_mask", "ladder", "ladder_rungs"]
@@ -225,31 +224,7 @@ def ladder(model, x, y, rungs: dict, worst_of=(), sizes: Optional[dict] = None, 
     """Run each attack of `rungs` ({name: attack(model, x, y) -> x_adv}, weakest first) on the first
     `sizes.get(name, len(x))` images; the per-image worst case over `worst_of` is the last rung.
     Returns a `labkit.attacks.Ladder` (per-image results as numpy booleans)."""
-    from tqdm.auto import tqdm
-
-    sizes = sizes or {}
-    result = Ladder(worst_of=tuple(worst_of), worst_name=worst_name)
-    bar = tqdm(list(rungs.items()), desc="attack ladder", disable=not progress, mininterval=0.5)
-    for name, attack in bar:
-        bar.set_postfix_str(name, refresh=True)
-        n = min(int(sizes.get(name, len(x))), len(x))
-        start = time.perf_counter()
-        mask = robust_mask(model, x[:n], y[:n], attack, batch_size=batch_size)
-        result.seconds[name] = time.perf_counter() - start
-        result.robust[name], result.images[name] = mask, n
-        result.accuracy[name] = float(mask.mean()) if n else float("nan")
-    if worst_of:
-        missing = [name for name in worst_of if name not in result.robust]
-        if missing:
-            raise KeyError(f"worst_of names attacks that are not rungs: {missing}; rungs are {list(rungs)}.")
-        n = {result.images[name] for name in worst_of}
-        if len(n) != 1:
-            raise ValueError(f"the attacks in worst_of must run on the same images; sizes {n}.")
-        mask = np.all([result.robust[name] for name in worst_of], axis=0)
-        result.robust[worst_name], result.images[worst_name] = mask, n.pop()
-        result.accuracy[worst_name] = float(mask.mean())
-        result.seconds[worst_name] = sum(result.seconds[name] for name in worst_of)
-    return result
+    return run_ladder(robust_mask, model, x, y, rungs, worst_of, sizes, worst_name, batch_size, progress)
 
 
 def ladder_rungs(eps: float, fgsm: Optional[Callable] = None, pgd_step: float = 0.01, pgd_steps: int = 40,

@@ -139,6 +139,20 @@ def seed_everything(seed: int = 0) -> int:
     return seed
 
 
+def setup_tensorflow(tf, keras, seed: int = 0, threads: int | None = None) -> None:
+    """Threads and seeds for an imported TensorFlow and the Keras it uses (Keras 3 for lab 01b,
+    tf-keras for lab 03b: the caller has checked which)."""
+    tf.get_logger().setLevel("ERROR")  # retracing notices when a lab attacks or times several models
+    n = threads or cpu_threads()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:  # the runtime has started already; the earlier setting stays
+        pass
+    seed_everything(seed)
+    keras.utils.set_random_seed(seed)
+
+
 def setup(seed: int = 0, threads: int | None = None):
     """One call at the top of a lab: seed everything, set CPU threads, return the torch device."""
     set_threads(threads)

@@ -58,17 +58,9 @@ def setup_keras(seed: int = 0, threads: int | None = None):
     if not keras.__version__.startswith("3.") or not tf.keras.__name__.startswith("keras"):
         raise KerasVersionError(f"tf.keras is {tf.keras.__name__} and keras is {keras.__version__}, but this lab needs "
                                 "Keras 3 as tf.keras: restart the kernel without TF_USE_LEGACY_KERAS.")
-    tf.get_logger().setLevel("ERROR")  # ART's retracing notices when it attacks several image counts
     from . import env
 
-    n = threads or env.cpu_threads()
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
-    except RuntimeError:  # the runtime has started already; the earlier setting stays
-        pass
-    env.seed_everything(seed)
-    keras.utils.set_random_seed(seed)
+    env.setup_tensorflow(tf, keras, seed, threads)
     return tf, keras
 
 

@@ -57,17 +57,9 @@ def setup_tf(seed: int = 0, threads: int | None = None):
                 "privacy_tf.setup_tf() before anything imports tensorflow." if already else
                 "install tf-keras (pip install tf-keras) and set TF_USE_LEGACY_KERAS=1.")
         raise KerasVersionError(f"tf.keras is Keras 3 ({tf.keras.__name__}), but TF Privacy needs Keras 2: {hint}")
-    tf.get_logger().setLevel("ERROR")  # retracing notices when the lab times several small models
     from . import env
 
-    n = threads or env.cpu_threads()
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
-    except RuntimeError:  # the runtime has started already; the earlier setting stays
-        pass
-    env.seed_everything(seed)
-    tf.keras.utils.set_random_seed(seed)
+    env.setup_tensorflow(tf, tf.keras, seed, threads)
     return tf
 
 
