@@ -268,12 +268,15 @@ class NormClipAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
-def foolsgold_weights(history: np.ndarray, confidence: float = 1.0) -> np.ndarray:
+def foolsgold_weights(history: np.ndarray, confidence: float = 1.0, logit: bool = True) -> np.ndarray:
     """FoolsGold's weights (Fung, Yoon and Beschastnikh 2020, Algorithm 1) from each client's
     summed historical update (one row per client): pairwise cosine similarity, pardoning (a client
     less similar to the others than its partner is not punished for the partner's similarity),
     1 - max similarity, rescaled so the largest weight is 1, then the logit squashing
-    confidence * (ln(w / (1 - w)) + 0.5) clipped to [0, 1]."""
+    confidence * (ln(w / (1 - w)) + 0.5) clipped to [0, 1].
+    logit=False skips that last squashing and keeps the rescaled 1 - max similarity: the squashing
+    zeroes every client whose rescaled weight is below 0.38, which on a two-class task with
+    look-alike honest clients can leave one honest client training the model alone."""
     h = np.asarray(history, dtype=np.float64)
     n = len(h)
     if n == 1:
@@ -291,6 +294,8 @@ def foolsgold_weights(history: np.ndarray, confidence: float = 1.0) -> np.ndarra
         return np.zeros(n)
     wv = wv / wv.max()
     wv[wv == 1.0] = 0.99
+    if not logit:
+        return wv
     with np.errstate(divide="ignore"):
         wv = confidence * (np.log(wv / (1.0 - wv)) + 0.5)
     wv[np.isinf(wv) & (wv > 0)] = 1.0
@@ -305,9 +310,10 @@ class FoolsGold(FedAvg):
     FedAvg's step size). When every weight is 0 the global model stays as it was.
     `last_weights` maps node id -> weight of the latest round (for the audit trail)."""
 
-    def __init__(self, confidence: float = 1.0, **kwargs):
+    def __init__(self, confidence: float = 1.0, logit: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.confidence = confidence
+        self.logit = logit
         self.history: dict[int, np.ndarray] = {}
         self.last_weights: dict[int, float] = {}
         self.current_arrays: ArrayRecord | None = None
@@ -332,7 +338,7 @@ class FoolsGold(FedAvg):
             self.history[node] = self.history.get(node, 0.0) + u
             updates.append(u)
             nodes.append(node)
-        weights = foolsgold_weights(np.stack([self.history[n] for n in nodes]), self.confidence)
+        weights = foolsgold_weights(np.stack([self.history[n] for n in nodes]), self.confidence, self.logit)
         self.last_weights = dict(zip(nodes, weights.tolist()))
         step = (weights[:, None] * np.stack(updates)).sum(0) / weights.sum() if weights.sum() > 0 else 0.0 * g_flat
         new_flat, out, at = g_flat + step, {}, 0
@@ -351,7 +357,7 @@ def common_settings(num_clients: int) -> dict:
 
 
 DEFENCES = ("fedavg", "norm_clip", "flower_clip", "weak_dp", "krum", "multikrum", "trimmed_mean", "median",
-            "foolsgold")
+            "foolsgold", "foolsgold_linear")
 
 
 def build_strategy(defence: str, num_clients: int, *, clip_bound: float = 1.0, dp_noise: float = 0.01,
@@ -378,6 +384,8 @@ def build_strategy(defence: str, num_clients: int, *, clip_bound: float = 1.0, d
         return FedMedian(**common)
     if defence == "foolsgold":
         return FoolsGold(**common)
+    if defence == "foolsgold_linear":  # FoolsGold without the logit squashing of its weights
+        return FoolsGold(logit=False, **common)
     raise ValueError(f"unknown defence {defence!r}; choose one of {', '.join(DEFENCES)}.")
 
 

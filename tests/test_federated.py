@@ -102,6 +102,25 @@ def test_foolsgold_leaves_an_honest_diverse_set_alone():
     assert np.allclose(w, 1.0), w
 
 
+def test_foolsgold_without_the_logit_keeps_look_alike_honest_clients_and_still_zeroes_the_sybils():
+    rng = np.random.default_rng(3)
+    shared = rng.normal(0, 1, 16)  # two-class task: honest histories point roughly the same way
+    honest = [shared + s * rng.normal(0, 1, 16) for s in (0.2, 0.3, 0.5, 0.9)]
+    sybil = rng.normal(0, 1, 16)
+    rows = np.stack(honest + [sybil, sybil + 0.001 * rng.normal(0, 1, 16)])
+    squashed = federated.foolsgold_weights(rows)
+    linear = federated.foolsgold_weights(rows, logit=False)
+    assert (squashed[:4] == 0).sum() >= 2, squashed  # the logit zeroes the honest clients that look alike
+    assert (linear[:4] > 0.05).all() and linear.max() == pytest.approx(0.99), linear
+    assert linear[4] < 0.01 and linear[5] < 0.01, linear
+
+
+def test_foolsgold_linear_is_a_named_defence():
+    strategy = federated.build_strategy("foolsgold_linear", 5)
+    assert isinstance(strategy, federated.FoolsGold) and strategy.logit is False
+    assert federated.build_strategy("foolsgold", 5).logit is True
+
+
 def test_foolsgold_strategy_aggregates_without_the_sybils():
     honest = [2.0 * np.eye(16)[i] + 0.1 for i in range(4)]  # diverse clients
     sybil = np.full(16, 3.0)
