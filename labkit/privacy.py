@@ -252,6 +252,7 @@ def train_private(
     momentum: float = 0.9,
     max_grad_norm: float = 1.0,
     target_epsilon: Optional[float] = None,
+    noise_multiplier: Optional[float] = None,
     delta: float = 1e-5,
     seed: int = 0,
     accountant: str = "rdp",
@@ -268,7 +269,9 @@ def train_private(
     (each example joins each batch independently with probability batch_size / n), flat per-example
     clipping to `max_grad_norm`, and the noise multiplier the accountant needs to end at
     (target_epsilon, delta) after `epochs`. The spent epsilon is read from the accountant afterwards.
-    Non-private (target_epsilon=None): the same optimizer and batch size on shuffled batches.
+    With `noise_multiplier` instead of a target, the noise is fixed (a run that is one part of a
+    longer private computation, e.g. one federated round, accounted for by the caller over all parts).
+    Non-private (neither given): the same optimizer and batch size on shuffled batches.
     Every run, private or not, is recorded in `ledger` (default: `LEDGER`) with the examples it used.
     Returns a PrivateRun (the model is unwrapped and left in eval mode).
     """
@@ -279,13 +282,19 @@ def train_private(
         raise ValueError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size}).")
     if target_epsilon is not None and not (target_epsilon > 0 and math.isfinite(target_epsilon)):
         raise ValueError(f"target_epsilon must be a positive number, or None for no DP (got {target_epsilon!r}).")
+    if noise_multiplier is not None and target_epsilon is not None:
+        raise ValueError("give target_epsilon (the noise is calibrated to it) or noise_multiplier (fixed noise), "
+                         "not both.")
+    if noise_multiplier is not None and not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
+        raise ValueError(f"noise_multiplier must be a positive number (got {noise_multiplier!r}).")
     device = device or next(model.parameters()).device
     model.to(device)
     torch.manual_seed(seed)
     loader = train.make_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed)
     n = len(loader.dataset)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    private = target_epsilon is not None
+    private = target_epsilon is not None or noise_multiplier is not None
+    fixed_noise = noise_multiplier
     noise_multiplier = 0.0
     engine = None
     if private:
@@ -297,16 +306,24 @@ def train_private(
         engine = PrivacyEngine(accountant=accountant)
         quiet = _quiet_opacus()
         try:
-            model, optimizer, loader = engine.make_private_with_epsilon(
-                module=model, optimizer=optimizer, data_loader=loader, target_epsilon=target_epsilon,
-                target_delta=delta, epochs=epochs, max_grad_norm=max_grad_norm, poisson_sampling=True,
-                noise_generator=torch.Generator(device=device).manual_seed(seed),
-            )
+            if fixed_noise is not None:
+                model, optimizer, loader = engine.make_private(
+                    module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=fixed_noise,
+                    max_grad_norm=max_grad_norm, poisson_sampling=True,
+                    noise_generator=torch.Generator(device=device).manual_seed(seed),
+                )
+            else:
+                model, optimizer, loader = engine.make_private_with_epsilon(
+                    module=model, optimizer=optimizer, data_loader=loader, target_epsilon=target_epsilon,
+                    target_delta=delta, epochs=epochs, max_grad_norm=max_grad_norm, poisson_sampling=True,
+                    noise_generator=torch.Generator(device=device).manual_seed(seed),
+                )
         finally:
             quiet.__exit__(None, None, None)
         noise_multiplier = float(optimizer.noise_multiplier)
     history, seconds = [], []
-    label = desc or (f"DP eps {target_epsilon:g}" if private else "no DP")
+    label = desc or (f"DP eps {target_epsilon:g}" if target_epsilon is not None
+                     else f"DP noise {fixed_noise:g}" if private else "no DP")
     quiet = _quiet_opacus()
     try:
         for epoch in range(1, epochs + 1):

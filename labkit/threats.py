@@ -46,9 +46,10 @@ def problems(lab, entry: dict) -> list[str]:
         unknown = set(row) - set(FIELDS)
         if unknown:
             found.append(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; the keys are {', '.join(FIELDS)}")
-        for key in ("stride", "attack", "control", "metric"):
+        for key in ("stride", "attack", "control") + (() if uncovered(row) else ("metric",)):
             if not isinstance(row.get(key), str) or not row.get(key, "").strip():
-                found.append(f"{where}: needs {key} (text)")
+                found.append(f"{where}: needs {key} (text)" + (" (or control = \"not covered: ...\" for a threat "
+                                                              "the lab names but does not test)" if key == "metric" else ""))
         if row.get("stride") and row["stride"] not in STRIDE:
             found.append(f"{where}: stride {row['stride']!r} is not one of {', '.join(STRIDE)}")
         atlas = row.get("atlas", [])
@@ -65,6 +66,11 @@ def problems(lab, entry: dict) -> list[str]:
         if row.get("metric") and row["metric"] not in metrics:
             found.append(f"{where}: metric {row['metric']!r} is neither a target nor a reported metric of {lab.id}")
     return found
+
+
+def uncovered(row: dict) -> bool:
+    """A row for a threat the lab names but no control of it tests (its control says "not covered ...")."""
+    return str(row.get("control", "")).strip().lower().startswith("not covered")
 
 
 def target_text(entry: dict, metric: str) -> str:
@@ -95,7 +101,11 @@ def rows(all_labs) -> list[tuple]:
     for lab in all_labs:
         entry = catalogue[lab.id]
         for row in lab.threats:
-            metric = row["metric"]
+            metric = row.get("metric", "")
+            if uncovered(row) and not metric:
+                found.append((row["stride"], list(row.get("atlas", [])), row.get("owasp", ""), row["attack"], lab,
+                              row["control"], "", "no measured test", "not covered"))
+                continue
             description = ""
             for table in entry.get("targets", {}).values():
                 description = description or table.get(metric, {}).get("description", "")
@@ -129,7 +139,7 @@ def page(all_labs) -> str:
            "|---|---|---|---|---|---|---|"]
     for stride, atlas, owasp, attack, lab, control, metric, description, bounds in rows(all_labs):
         out.append(f"| {stride} | {_atlas(atlas)} | {_owasp(owasp)} | {attack} | [{lab.number}]({lab.notebook}) | "
-                   f"{control} | `{metric}` {bounds}: {description} |")
+                   f"{control} | " + (f"`{metric}` {bounds}: {description} |" if metric else "**not covered** |"))
     missing = [lab for lab in all_labs if not lab.threats]
     if missing:
         out += ["", "Not mapped yet (no threat rows declared): " + ", ".join(f"[{lab.number}]({lab.notebook})" for lab in missing) + "."]
@@ -141,7 +151,7 @@ def terminal_rows(all_labs) -> list[tuple]:
     """The map for a terminal, with the value measured on this machine where there is one."""
     found = []
     for stride, atlas, owasp, attack, lab, control, metric, _, bounds in rows(all_labs):
-        value = measured(lab.id, metric)
-        shown = f"{value[0]:.4g} ({value[1]})" if value else "not run here"
+        value = measured(lab.id, metric) if metric else None
+        shown = f"{value[0]:.4g} ({value[1]})" if value else ("not run here" if metric else "not covered")
         found.append((stride, ", ".join(atlas) or "-", owasp or "-", attack, lab.number, control, metric, bounds, shown))
     return found

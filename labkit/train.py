@@ -62,23 +62,47 @@ def _labels(y, n_images: int) -> torch.Tensor:
     return yt
 
 
+def _table_to_float(x) -> torch.Tensor:
+    t = x.detach().cpu().float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
+    if not torch.isfinite(t).all():
+        raise ValueError("The feature table holds NaN or infinity; clean or impute it before training.")
+    return t.contiguous()
+
+
 def to_tensors(x, y=None):
     """Numpy images (and labels) -> float tensor (N, C, H, W) in [0, 1] (and int64 labels).
 
     uint8 images are divided by 255; float images must already lie in [0, 1]. A missing channel
-    dimension is added, and channels-last images are moved to channels-first.
+    dimension is added, and channels-last images are moved to channels-first. A 2-D input (N, d)
+    is a table of features (already scaled by the caller) and passes as float32.
     Returns `x` alone when `y` is None, else `(x, y)`.
     """
-    xt = _images_to_float(x)
+    xt = _table_to_float(x) if np.ndim(x) == 2 else _images_to_float(x)
     if y is None:
         return xt
     return xt, _labels(y, len(xt))
+
+
+class _TableDataset(TensorDataset):
+    """Feature-table rows fetched a batch at a time: one indexing op per batch instead of one per
+    row, which is most of the cost of a small tabular model's epoch."""
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return [tuple(t[index] for t in self.tensors)]
+
+
+def _collate_table(batch):
+    return batch[0]
 
 
 def make_loader(x, y, batch_size: int = 128, shuffle: bool = True, seed: int = 0) -> DataLoader:
     """A DataLoader over `to_tensors(x, y)`; with `shuffle`, the order is fixed by `seed`."""
     xt, yt = to_tensors(x, y)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+    if xt.dim() == 2:
+        return DataLoader(_TableDataset(xt, yt), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=_collate_table)
     return DataLoader(TensorDataset(xt, yt), batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 

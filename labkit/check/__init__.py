@@ -22,12 +22,14 @@ from .certification import smoothing_certify, smoothing_predict
 from .hints import hint
 from .poisoning import spectral_signatures
 from .pgd import adversarial_step, pgd
+from .pipeline import release_gate, squeezing_score
 from .privacy import dp_sgd_epsilon, dp_sgd_step
 from .serving import api_key_lookup, sliding_window
 from .text import sanitiser
 
 __all__ = ["ExerciseFailed", "Feedback", "fgsm", "fgsm_random_start", "adversarial_batch", "perturb",
            "dp_sgd_step", "dp_sgd_epsilon", "train_surrogate", "api_key_lookup", "sliding_window",
-           "spectral_signatures", "smoothing_predict", "smoothing_certify", "hint", "sanitiser", "fgsm_tf", "fgsm_random_start_tf"]
+           "spectral_signatures", "smoothing_predict", "smoothing_certify", "hint", "sanitiser", "fgsm_tf", "fgsm_random_start_tf",
+           "release_gate", "squeezing_score"]
 
 display.install()  # in Jupyter: a failed check shows its sentence first, without labkit's frames

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import threading
 import time
@@ -21,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from .layers import (AuditLog, Defences, KeyStore, OODDetector, QueryMonitor, RateLimiter,
                      describe_validation_error, harden, ood_features, request_models)
-from .models import load_model_and_digest
+from .models import IntegrityError, load_model_and_digest
 
 KEY_HEADER = "X-API-Key"
 
@@ -50,6 +51,7 @@ class ServingState:
     monitor: QueryMonitor | None = None
     audit: AuditLog | None = None
     model_sha256: str | None = None
+    model_metadata: dict | None = None  # the signed metadata, when the model was loaded with trusted= keys
     single: object = None
     batch: object = None
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
@@ -85,7 +87,8 @@ def _error(kind: str, detail: str, fields=None, headers=None, request_id: str = 
 
 def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None = None, reference=None,
                sha256: str | None = None, audit_path=None, audit_key: bytes | str | None = None, audit_anchor=None,
-               seed: int | None = 0, title: str = "labkit model API", rate_limiter: RateLimiter | None = None):
+               seed: int | None = 0, title: str = "labkit model API", rate_limiter: RateLimiter | None = None,
+               trusted: list | None = None, require=("ed25519",)):
     """A FastAPI app serving `model` (a model object, or the path of a file saved by model.save)
     behind the layers `defences` switches on.
 
@@ -98,9 +101,23 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
                readable as app.state.labkit.audit.key); audit_anchor: where the anchor goes
     seed       seeds the output noise (None: fresh randomness)
     rate_limiter  a RateLimiter to use instead of the default one built from defences.rate_limit
+    trusted    public keys (labkit.signing.VerifyKey) whose detached signatures the model FILE must
+               carry, one per scheme in `require`: an unsigned, tampered or foreign-signed file raises
+               SignatureError here, before anything in it is parsed (`app.state.labkit.model_metadata`
+               holds the signed metadata)
     """
     d = defences or Defences()
-    if isinstance(model, (str, Path)):
+    metadata = None
+    if trusted is not None:
+        if not isinstance(model, (str, Path)):
+            raise ValueError("trusted= checks the signatures of a model FILE: pass the path of the signed model "
+                             "(labkit.signing.sign_model wrote its .sig.json beside it).")
+        from ..signing import load_signed_model_and_digest
+
+        model, metadata, digest = load_signed_model_and_digest(Path(model), trusted, require)
+        if d.integrity and sha256 and not hmac.compare_digest(digest, str(sha256).lower()):
+            raise IntegrityError(f"the signed model's sha256 {digest[:16]}... is not the approved {str(sha256)[:16]}...")
+    elif isinstance(model, (str, Path)):
         if d.integrity and not sha256:
             raise ValueError("defences.integrity is on: pass sha256= (the hash recorded when the model was approved).")
         # one read: the bytes hashed are the bytes parsed (and the digest recorded is theirs)
@@ -117,7 +134,8 @@ def create_app(model, defences: Defences | None = None, *, keys: KeyStore | None
         if need:
             raise ValueError(f"defences.{what} is on: pass {hint}.")
 
-    state = ServingState(model=model, defences=d, keys=keys, model_sha256=digest, rng=np.random.default_rng(seed))
+    state = ServingState(model=model, defences=d, keys=keys, model_sha256=digest, model_metadata=metadata,
+                         rng=np.random.default_rng(seed))
     if rate_limiter is not None:
         state.limiter = rate_limiter
     elif d.rate_limit is not None:

@@ -1,6 +1,7 @@
-"""The models behind the API: a credit-scoring MLP (tabular) and a sentiment classifier (text).
+"""The models behind the API: a credit-scoring MLP and its fraud-detection twin (tabular) and a
+sentiment classifier (text).
 
-Both expose the same small interface, which is all the API and its defences rely on:
+All expose the same small interface, which is all the API and its defences rely on:
 
     model.kind                 "tabular" or "text"
     model.classes              label names, index = class id
@@ -10,10 +11,11 @@ Both expose the same small interface, which is all the API and its defences rely
 
 `load_model(path, sha256=...)` reads a saved model back, never unpickling, and refuses a file
 whose sha256 differs from the expected one (`IntegrityError`). The file is read once: the bytes
-hashed are the bytes parsed; only the arrays the model type needs are read, each sized first; a
-malformed file of any kind is an IntegrityError with a sentence. Tabular inputs are a pandas
-DataFrame, a list of {feature name: value} dicts, or a 2-D array in `feature_names` order; text
-inputs are a list of strings.
+hashed are the bytes parsed (`read_model_bytes` and `parse_model_bytes` are those two steps, for
+callers that check the bytes themselves, such as labkit.signing); only the arrays the model type
+needs are read, each sized first; a malformed file of any kind is an IntegrityError with a sentence.
+Tabular inputs are a pandas DataFrame, a list of {feature name: value} dicts, or a 2-D array in
+`feature_names` order; text inputs are a list of strings.
 
 A watermark is a secret trigger set with labels drawn at random (`make_credit_triggers`,
 `make_text_triggers`), mixed into the training data (`train_*_model(..., watermark=wm)`);
@@ -100,6 +102,8 @@ class CreditModel:
 
     kind = "tabular"
     classes = ("repaid", "default")
+    model_type = "CreditModel"  # the "type" saved in the file's metadata; the loader dispatches on it
+    input_hint = "the taiwan_credit features"  # what a caller missing columns should pass instead
 
     def __init__(self, feature_names, log_columns, mean, std, weights, biases, ranges: list[FeatureRange]):
         self.feature_names = list(feature_names)
@@ -115,7 +119,7 @@ class CreditModel:
         if hasattr(X, "columns"):
             missing = [n for n in self.feature_names if n not in X.columns]
             if missing:
-                raise ValueError(f"The table lacks the model's columns {missing}; pass the taiwan_credit features.")
+                raise ValueError(f"The table lacks the model's columns {missing}; pass {self.input_hint}.")
             return X[self.feature_names].to_numpy(dtype=float)
         if isinstance(X, dict):
             X = [X]
@@ -157,7 +161,7 @@ class CreditModel:
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path) -> str:
-        meta = {"type": "CreditModel", "feature_names": self.feature_names,
+        meta = {"type": self.model_type, "feature_names": self.feature_names,
                 "ranges": [r.__dict__ for r in self.ranges], "layers": len(self.weights)}
         arrays = {"log_columns": self.log_columns, "mean": self.mean, "std": self.std}
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
@@ -177,7 +181,7 @@ class CreditModel:
                 raise ValueError(f"layer {i}: weights {w.shape} and biases {b.shape} do not follow a width of {width}")
             width = w.shape[1]
         if width != 1:
-            raise ValueError(f"the last layer has {width} outputs; the credit model has one logit")
+            raise ValueError(f"the last layer has {width} outputs; a {self.model_type} has one logit")
         if not all(np.all(np.isfinite(a)) for a in [self.mean, self.std, *self.weights, *self.biases]):
             raise ValueError("the weights hold NaN or infinity")
 
@@ -187,6 +191,15 @@ class CreditModel:
         return cls(meta["feature_names"], arrays["log_columns"], arrays["mean"], arrays["std"],
                    [arrays[f"w{i}"] for i in range(n)], [arrays[f"b{i}"] for i in range(n)],
                    [FeatureRange(**r) for r in meta["ranges"]])
+
+
+class FraudModel(CreditModel):
+    """The same numpy MLP as a fraud detector (1 = fraud). Its own type in the file, so a saved fraud
+    model loads back as one and its labels never read "repaid" / "default"."""
+
+    classes = ("legitimate", "fraud")
+    model_type = "FraudModel"
+    input_hint = "the transaction features the model was trained on"
 
 
 def train_credit_model(X_train, y_train, seed: int = 0, hidden=(32, 16), epochs: int = 30,
@@ -335,7 +348,7 @@ def train_sentiment_model(texts: Sequence[str], labels, seed: int = 0, C: float 
 # Loading, integrity
 # ---------------------------------------------------------------------------------------------
 
-MODEL_TYPES = {"CreditModel": CreditModel, "SentimentModel": SentimentModel}
+MODEL_TYPES = {"CreditModel": CreditModel, "FraudModel": FraudModel, "SentimentModel": SentimentModel}
 
 MAX_MODEL_BYTES = 256 << 20   # a labkit model file is a few MB; anything far larger is refused unread
 MAX_META_BYTES = 16 << 20     # the JSON metadata (a sentiment model's vocabulary is well under 1 MB)
@@ -343,7 +356,7 @@ MAX_META_BYTES = 16 << 20     # the JSON metadata (a sentiment model's vocabular
 
 def _expected_arrays(meta: dict) -> list[str]:
     """The arrays a model of this type is made of: only these are read from the archive."""
-    if meta["type"] == "CreditModel":
+    if issubclass(MODEL_TYPES[meta["type"]], CreditModel):
         n = meta["layers"]
         if not isinstance(n, int) or not 1 <= n <= 16:
             raise ValueError(f"layers={n!r} is not a small positive integer")
@@ -351,8 +364,10 @@ def _expected_arrays(meta: dict) -> list[str]:
     return ["idf", "coef", "components"]
 
 
-def _parse_model_bytes(data: bytes, name: str):
-    """A model from the bytes of a saved file. Every defect of the file is an IntegrityError with a sentence."""
+def parse_model_bytes(data: bytes, name: str):
+    """A model from the bytes of a saved file (`name` is only for messages). Every defect of the file is
+    an IntegrityError with a sentence. Whoever checked the bytes (a sha256, a signature) parses these
+    same bytes, never the file again."""
     try:
         meta_blob = npz_arrays(data, ["__meta__"], name, MAX_META_BYTES)["__meta__"]
     except DatasetCorrupted as err:
@@ -388,8 +403,8 @@ def load_model(path, sha256: str | None = None):
     return load_model_and_digest(path, sha256)[0]
 
 
-def load_model_and_digest(path, sha256: str | None = None):
-    """(model, sha256 of the very bytes it was parsed from): see load_model."""
+def read_model_bytes(path) -> bytes:
+    """The whole model file in one read, refused unread when larger than MAX_MODEL_BYTES."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}; save one with model.save({str(path)!r}).")
@@ -399,13 +414,20 @@ def load_model_and_digest(path, sha256: str | None = None):
     if not data and size or len(data) > MAX_MODEL_BYTES:
         raise IntegrityError(f"{path.name} is larger than {MAX_MODEL_BYTES >> 20} MiB; labkit model files are a few "
                              "MB. Refusing to read it.")
+    return data
+
+
+def load_model_and_digest(path, sha256: str | None = None):
+    """(model, sha256 of the very bytes it was parsed from): see load_model."""
+    path = Path(path)
+    data = read_model_bytes(path)
     actual = hashlib.sha256(data).hexdigest()
     if sha256 is not None:
         if not hmac.compare_digest(actual, str(sha256).lower()):
             raise IntegrityError(
                 f"{path.name}: sha256 {actual[:16]}... does not match the deployed {str(sha256)[:16]}...: the file was "
                 f"changed after it was approved. Refusing to serve it; restore the approved file or re-approve it.")
-    return _parse_model_bytes(data, path.name), actual
+    return parse_model_bytes(data, path.name), actual
 
 
 # ---------------------------------------------------------------------------------------------
