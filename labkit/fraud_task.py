@@ -14,8 +14,8 @@ seed), so agreeing on the scaling costs no bank any privacy.
 
 Local training reuses `labkit.privacy.train_private`: without DP plain SGD, with DP Opacus'
 DP-SGD at a fixed noise multiplier (Poisson sampling, per-example clipping); the noise multiplier
-is chosen once so that all rounds together spend at most `target_epsilon` per bank
-(`noise_for_budget`), and `epsilon_spent` composes the rounds actually run with the accountant.
+is chosen once, before training, so that all rounds together spend at most `target_epsilon` per
+bank (`noise_multiplier`), and `epsilon_spent` composes each bank's rounds with the accountant.
 Every bank sends the same weight (1) so the secure sum is an unweighted mean.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 
 from . import fraud, privacy
 
-__all__ = ["FraudNet", "Scaling", "FraudTask", "pr_auc", "recall_at_precision", "noise_for_budget"]
+__all__ = ["FraudNet", "Scaling", "FraudTask", "pr_auc", "recall_at_precision", "noise_for_budget", "embed_watermark"]
 
 
 class FraudNet(nn.Sequential):
@@ -171,6 +171,7 @@ class FraudTask:
                 raise ValueError(f"unknown bank(s) {sorted(unknown)}; the banks are {self.bank_names}.")
         self.training = None if frames is None else {k: v.reset_index(drop=True) for k, v in frames.items()}
         self.__dict__.pop("_tensors", None)
+        self.__dict__.pop("noise_multiplier", None)  # the noise depends on each bank's row count
 
     def train_frame(self, bank: str) -> pd.DataFrame:
         if self.training is not None:
@@ -207,10 +208,19 @@ class FraudTask:
         return self.local_epochs * math.ceil(1 / self.sample_rate(bank))
 
     @functools.cached_property
+    def noise_multiplier(self) -> float:
+        """One DP-SGD noise multiplier for every bank, chosen before training so that all planned
+        rounds spend at most target_epsilon: computed for the largest sampling rate, the most steps
+        and the smallest delta among the banks, so each bank's own account comes out at or below it."""
+        names = self.bank_names
+        return noise_for_budget(self.target_epsilon, min(self.delta(b) for b in names),
+                                max(self.sample_rate(b) for b in names),
+                                self.rounds * max(self.steps_per_round(b) for b in names))
+
+    @property
     def noise(self) -> dict:
-        """bank -> DP-SGD noise multiplier that spends target_epsilon over all planned rounds."""
-        return {b: noise_for_budget(self.target_epsilon, self.delta(b), self.sample_rate(b),
-                                    self.rounds * self.steps_per_round(b)) for b in self.bank_names}
+        """bank -> its DP-SGD noise multiplier (the same for all: see noise_multiplier)."""
+        return {b: self.noise_multiplier for b in self.bank_names}
 
     def epsilon_spent(self, bank: str, rounds: int | None = None, accountant: str = "opacus-rdp") -> float:
         """Epsilon the bank's rows have spent after `rounds` rounds (default: all planned), composed
@@ -234,7 +244,9 @@ class FraudTask:
         return self._load(arrays).eval()
 
     def _load(self, arrays) -> FraudNet:
-        model = self.model()
+        hidden = tuple(int(np.shape(w)[0]) for w in list(arrays)[0:-2:2])  # the widths the arrays carry
+        torch.manual_seed(self.seed)
+        model = FraudNet(len(fraud.FEATURES), hidden)
         model.load_state_dict({k: torch.as_tensor(np.asarray(a)) for k, a in zip(model.state_dict(), arrays)})
         return model
 
@@ -279,3 +291,57 @@ class FraudTask:
         reference = pd.concat([self.train_frame(b) for b in self.bank_names], ignore_index=True)[fraud.FEATURES]
         return FraudModel(list(fraud.FEATURES), self.scaling.log_columns, self.scaling.mean, self.scaling.std,
                           weights, biases, learn_ranges(reference))
+
+
+def embed_watermark(task: FraudTask, arrays, watermark, public_frame: pd.DataFrame, extra_units: int = 16,
+                    epochs: int = 15, lr: float = 1e-2, focus: float = 2000.0, seed: int = 0) -> list[np.ndarray]:
+    """The model owner's watermark, added after training without touching any bank's data.
+
+    The hidden layer gets `extra_units` new units whose output weights start at zero (the model's
+    function is unchanged); only those units are trained, to answer the secret trigger rows with
+    their random labels while keeping the fraud logit on *unlabelled public* transactions where it
+    was (squared error: distillation). The trained units stay as they were, so the watermark costs
+    capacity, not the ranking the banks trained. Fine-tuning a DP model on public data is
+    post-processing: it spends no privacy. (One hidden layer, as FraudNet has.)"""
+    arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
+    if len(arrays) != 4:
+        raise ValueError("embed_watermark widens a one-hidden-layer FraudNet; these arrays hold "
+                         f"{len(arrays) // 2} layers.")
+    w1, b1, w2, b2 = arrays
+    h = w1.shape[0]
+    rng = np.random.default_rng(seed)
+    w1 = np.vstack([w1, rng.normal(0, 1 / np.sqrt(w1.shape[1]), (extra_units, w1.shape[1])).astype(np.float32)])
+    b1 = np.concatenate([b1, np.zeros(extra_units, np.float32)])
+    w2 = np.hstack([w2, np.zeros((w2.shape[0], extra_units), np.float32)])
+    torch.manual_seed(seed)
+    model = task.torch_model([w1, b1, w2, b2]).train()
+    first, last = model[0], model[-1]
+    keep_rows = torch.zeros_like(first.weight, dtype=torch.bool)
+    keep_rows[:h] = True
+    first.weight.register_hook(lambda g: g.masked_fill(keep_rows, 0.0))      # trained units stay fixed
+    first.bias.register_hook(lambda g: g.masked_fill(torch.arange(len(g)) < h, 0.0))
+    keep_cols = torch.zeros_like(last.weight, dtype=torch.bool)
+    keep_cols[:, :h] = True
+    last.weight.register_hook(lambda g: g.masked_fill(keep_cols, 0.0))
+    last.bias.register_hook(lambda g: torch.zeros_like(g))
+    x_pub = torch.from_numpy(task.scaling.transform(public_frame))
+    with torch.no_grad():
+        out = model(x_pub)
+        teacher = out[:, 1] - out[:, 0]
+        # the few transactions the model finds suspicious decide PR-AUC: keep them where they were above all
+        weight = 1.0 + focus * torch.softmax(out, 1)[:, 1]
+    x_wm = torch.from_numpy(task.scaling.transform(watermark.inputs))
+    y_wm = torch.as_tensor(np.asarray(watermark.labels), dtype=torch.long)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x_pub), generator=generator).split(256):
+            optimizer.zero_grad(set_to_none=True)
+            out = model(x_pub[batch])
+            keep = (weight[batch] * (out[:, 1] - out[:, 0] - teacher[batch]) ** 2).sum() / weight[batch].sum()
+            pick = torch.randint(len(x_wm), (128,), generator=generator)
+            mark = nn.functional.cross_entropy(model(x_wm[pick]), y_wm[pick])
+            (keep + mark).backward()
+            optimizer.step()
+    model.eval()
+    return [p.detach().numpy().copy() for p in model.state_dict().values()]

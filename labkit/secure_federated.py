@@ -51,6 +51,7 @@ class ConsortiumLog:
     rounds: list[dict] = field(default_factory=list)
     server_saw: list[dict] = field(default_factory=list)
     arrays: list | None = None
+    history: list[list] = field(default_factory=list)  # the global arrays after every round
     seconds: float = 0.0
 
 
@@ -129,6 +130,7 @@ def make_consortium_server_app(get_task: Callable[[Context], object], num_rounds
             metrics = {k: float(v) for k, v in task.evaluate(arrays).items()}
             log.rounds.append({"round": server_round, **metrics})
             log.arrays = [np.array(a, copy=True) for a in arrays]
+            log.history.append(log.arrays)
             return None
 
         strategy = _ObservedFedAvg(log, fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n,

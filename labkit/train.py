@@ -62,6 +62,13 @@ def _labels(y, n_images: int) -> torch.Tensor:
     return yt
 
 
+def _is_table(x) -> bool:
+    """A 2-D float array or tensor: rows of features (a 2-D uint8 array is a lone image, refused)."""
+    dtype = x.dtype if isinstance(x, torch.Tensor) else np.asarray(x).dtype
+    floating = dtype.is_floating_point if isinstance(x, torch.Tensor) else np.issubdtype(dtype, np.floating)
+    return np.ndim(x) == 2 and floating
+
+
 def _table_to_float(x) -> torch.Tensor:
     t = x.detach().cpu().float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
     if not torch.isfinite(t).all():
@@ -73,11 +80,11 @@ def to_tensors(x, y=None):
     """Numpy images (and labels) -> float tensor (N, C, H, W) in [0, 1] (and int64 labels).
 
     uint8 images are divided by 255; float images must already lie in [0, 1]. A missing channel
-    dimension is added, and channels-last images are moved to channels-first. A 2-D input (N, d)
-    is a table of features (already scaled by the caller) and passes as float32.
+    dimension is added, and channels-last images are moved to channels-first. A 2-D float input
+    (N, d) is a table of features (already scaled by the caller) and passes as float32.
     Returns `x` alone when `y` is None, else `(x, y)`.
     """
-    xt = _table_to_float(x) if np.ndim(x) == 2 else _images_to_float(x)
+    xt = _table_to_float(x) if _is_table(x) else _images_to_float(x)
     if y is None:
         return xt
     return xt, _labels(y, len(xt))

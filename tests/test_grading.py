@@ -79,7 +79,7 @@ def test_a_class_is_graded_and_a_crash_or_a_loop_never_stops_the_batch(toy_kit, 
     (subs / "eve").mkdir()  # a student's own folder
     _student(subs / "eve", "toy_lab", "def double(x):\n    return x * 2")
     out = tmp_path / "grades"
-    code = cli.main(["grade", str(subs), "--lab", "toy_lab", "-j", "3", "--timeout", "15", "--out", str(out)])
+    code = cli.main(["grade", str(subs), "--lab", "toy_lab", "-j", "2", "--timeout", "20", "--out", str(out)])
     assert code == 0
     rows = {row["student"]: row for row in csv.DictReader((out / "gradebook.csv").open())}
     assert set(rows) == {"ada", "bob", "cy", "dee", "eve"}

@@ -87,7 +87,9 @@ DOMAINS = [
     (r"drop|gain|closer_to_chance|fidelity_loss", (-1.0, 1.0)),               # differences of two shares
     (r"^attacks_blocked_", (0.0, 7.0)),                                        # red-team attacks, of 7
     (r"accuracy|precision|recall|fidelity|agreement|auc|_rate$|success|share", (0.0, 1.0)),
-    (r"_(accepted|quarantined|caught|refused|intact|verified|exact|quiet|ignored|false_positive)$", (0.0, 1.0)),
+    (r"_(accepted|quarantined|caught|refused|intact|verified|exact|quiet|ignored|false_positive|served)$", (0.0, 1.0)),
+    (r"p_value$", (0.0, 1.0)),
+    (r"_updates_seen_", (1.0, INF)),                                           # model vectors a server received
     (r"epsilon|understatement|speedup|spread|ratio|_after$|_ms$|false_flags|_flagged$|keys_in_", (0.0, INF)),
 ]
 # Metrics that do not depend on anything the lab trains or the learner writes (constants of an accountant

@@ -134,7 +134,9 @@ def _score_bench():
 
     rng = np.random.default_rng(11)
     x = rng.normal(0, 1, (12, 3))
-    x[:4] = np.round(x[:4], 1) + 0.049  # near-boundary style inputs whose squeezing moves them
+    x[:4] = np.round(x[:4], 1) + 0.049  # inputs whose squeezing moves them
+    x[4] = [0.149, 0.04, 0.0]           # just across the boundary: squeezing flips the predicted label
+    x[5] = [0.151, 0.0, -0.04]
     return proba, squeeze, x
 
 
