@@ -106,7 +106,10 @@ def train_model(model: nn.Module, x_train, y_train, epochs: int, *, x_val=None, 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.25 if adv is None else 0.4, anneal_strategy="linear",
                                                 div_factor=25.0, final_div_factor=1e3)
-    model = model.to(memory_format=torch.channels_last)
+    # channels-last helps GPUs' tensor cores; on CPUs it buys little, and torch 2.13's oneDNN crashes in the
+    # backward pass of a channels-last convolution on one thread of an AVX2-only CPU
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     history, best, best_state = [], -1.0, None
     ramp_steps = int(eps_ramp_epochs * steps_per_epoch)
     step_count = 0
@@ -118,13 +121,13 @@ def train_model(model: nn.Module, x_train, y_train, epochs: int, *, x_val=None, 
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", disable=not progress, mininterval=5)
         for i in bar:
             idx = order[i * batch_size:(i + 1) * batch_size]
-            xb = augment(xt[idx].float() / 255, gen).to(device).contiguous(memory_format=torch.channels_last)
+            xb = augment(xt[idx].float() / 255, gen).to(device).contiguous(memory_format=memory_format)
             yb = yt[idx].to(device)
             if adv == "fgsm_rs":
                 e = eps * min(1.0, (step_count + 1) / ramp_steps) if ramp_steps else eps
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     xb = attacks.fgsm_random_start(model, xb, yb, e, alpha * e / eps, generator=attack_gen)
-                xb = xb.float().contiguous(memory_format=torch.channels_last)
+                xb = xb.float().contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(xb)
                 loss = F.cross_entropy(logits.float(), yb)
