@@ -41,7 +41,7 @@ from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-__all__ = ["ConsortiumLog", "make_bank_client_app", "make_consortium_server_app", "secagg_shares"]
+__all__ = ["ConsortiumLog", "make_bank_client_app", "make_consortium_server_app", "secagg_shares", "train_consortium"]
 
 
 @dataclass
@@ -149,3 +149,25 @@ def make_consortium_server_app(get_task: Callable[[Context], object], num_rounds
         log.seconds = time.perf_counter() - t0
 
     return app
+
+
+def train_consortium(task, frames, num_rounds: int, *, secure: bool, dp: bool, clipping_norm: float | None,
+                     engine: str = "in-process"):
+    """One federated training of `task`'s banks on `frames` (bank -> training rows): a copy of the task
+    with `dp` set, the consortium's apps above, run in this process or on Flower's simulation engine
+    ("simulation"). Returns (the task copy, its ConsortiumLog)."""
+    import dataclasses
+
+    from . import federated
+
+    if engine not in ("in-process", "simulation"):
+        raise ValueError(f"engine must be 'in-process' or 'simulation'; got {engine!r}.")
+    run_task = dataclasses.replace(task, dp=dp)
+    run_task.set_training(frames)
+    log = ConsortiumLog()
+    server = make_consortium_server_app(lambda ctx: run_task, num_rounds, secure=secure, clipping_norm=clipping_norm,
+                                        log=log)
+    client = make_bank_client_app(lambda ctx: run_task, secure=secure, clip=clipping_norm is not None)
+    runner = federated.run_simulation_engine if engine == "simulation" else federated.run_in_process
+    runner(server, client, run_task.num_banks)
+    return run_task, log
